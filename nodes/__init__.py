@@ -1,0 +1,1 @@
+"""Memory nodes: device models, their gRPC server, and the client seam."""

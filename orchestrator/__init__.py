@@ -1,0 +1,1 @@
+"""The orchestrator: the kernel's tiering mechanisms in simulated time."""
