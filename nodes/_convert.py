@@ -1,0 +1,277 @@
+"""Conversions between the plain node types and the tiersim.v1 messages.
+
+Kept in one place so that the server and the gRPC client cannot disagree: a
+value that crosses the wire and back compares equal to the original.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tiersim.v1 import node_pb2 as pb
+
+from ._types import (
+    BatchResult,
+    LatencyProfile,
+    NodeInfo,
+    NodeKind,
+    NodeState,
+    NodeStats,
+    OpResult,
+    OverflowMode,
+    PressureEvent,
+    Watermarks,
+)
+
+STATS_FIELDS = tuple(NodeStats.__dataclass_fields__)
+
+
+def latency_to_pb(p: LatencyProfile) -> pb.LatencyProfile:
+    return pb.LatencyProfile(
+        read_base_ns=p.read_base_ns,
+        write_base_ns=p.write_base_ns,
+        per_cacheline_ns=p.per_cacheline_ns,
+        compress_ns_per_byte=p.compress_ns_per_byte,
+        decompress_ns_per_byte=p.decompress_ns_per_byte,
+        bandwidth_bytes_per_sec=p.bandwidth_bytes_per_sec,
+        jitter_sigma=p.jitter_sigma,
+        source=p.source,
+    )
+
+
+def latency_from_pb(m: pb.LatencyProfile) -> LatencyProfile:
+    return LatencyProfile(
+        read_base_ns=m.read_base_ns,
+        write_base_ns=m.write_base_ns,
+        per_cacheline_ns=m.per_cacheline_ns,
+        compress_ns_per_byte=m.compress_ns_per_byte,
+        decompress_ns_per_byte=m.decompress_ns_per_byte,
+        bandwidth_bytes_per_sec=m.bandwidth_bytes_per_sec,
+        jitter_sigma=m.jitter_sigma,
+        source=m.source,
+    )
+
+
+def info_to_pb(i: NodeInfo) -> pb.NodeInfo:
+    return pb.NodeInfo(
+        name=i.name,
+        kind=int(i.kind),  # type: ignore[arg-type]
+        advertised_bytes=i.advertised_bytes,
+        physical_bytes=i.physical_bytes,
+        page_size=i.page_size,
+        latency=latency_to_pb(i.latency),
+        watermarks=pb.Watermarks(
+            low_free_bytes=i.watermarks.low_free_bytes,
+            high_free_bytes=i.watermarks.high_free_bytes,
+        ),
+        overflow_mode=int(i.overflow_mode),  # type: ignore[arg-type]
+        per_page_overhead_bytes=i.per_page_overhead_bytes,
+        max_batch_pages=i.max_batch_pages,
+        seed=i.seed,
+        version=i.version,
+    )
+
+
+def info_from_pb(m: pb.NodeInfo) -> NodeInfo:
+    return NodeInfo(
+        name=m.name,
+        kind=NodeKind(m.kind),
+        advertised_bytes=m.advertised_bytes,
+        physical_bytes=m.physical_bytes,
+        page_size=m.page_size,
+        latency=latency_from_pb(m.latency),
+        watermarks=Watermarks(
+            low_free_bytes=m.watermarks.low_free_bytes,
+            high_free_bytes=m.watermarks.high_free_bytes,
+        ),
+        overflow_mode=OverflowMode(m.overflow_mode),
+        per_page_overhead_bytes=m.per_page_overhead_bytes,
+        max_batch_pages=m.max_batch_pages,
+        seed=m.seed,
+        version=m.version,
+    )
+
+
+def state_to_pb(s: NodeState) -> pb.NodeState:
+    return pb.NodeState(
+        pressure=s.pressure,
+        physical_used_bytes=s.physical_used_bytes,
+        free_bytes=s.free_bytes,
+        allocated_pages=s.allocated_pages,
+    )
+
+
+def state_from_pb(m: pb.NodeState) -> NodeState:
+    return NodeState(
+        pressure=m.pressure,
+        physical_used_bytes=m.physical_used_bytes,
+        free_bytes=m.free_bytes,
+        allocated_pages=m.allocated_pages,
+    )
+
+
+def stats_to_pb(s: NodeStats) -> pb.NodeStats:
+    values = {name: getattr(s, name) for name in STATS_FIELDS}
+    values["kind"] = int(s.kind)
+    return pb.NodeStats(**values)
+
+
+def stats_from_pb(m: pb.NodeStats) -> NodeStats:
+    values = {name: getattr(m, name) for name in STATS_FIELDS}
+    values["kind"] = NodeKind(m.kind)
+    return NodeStats(**values)
+
+
+def event_to_pb(e: PressureEvent) -> pb.PressureEvent:
+    return pb.PressureEvent(
+        pressure=e.pressure,
+        free_bytes=e.free_bytes,
+        physical_used_bytes=e.physical_used_bytes,
+        sequence=e.sequence,
+        time_ns=e.time_ns,
+    )
+
+
+def event_from_pb(m: pb.PressureEvent) -> PressureEvent:
+    return PressureEvent(
+        pressure=m.pressure,
+        free_bytes=m.free_bytes,
+        physical_used_bytes=m.physical_used_bytes,
+        sequence=m.sequence,
+        time_ns=m.time_ns,
+    )
+
+
+def results_to_pb(r: BatchResult, out: pb.StoreBatchResult | pb.LoadBatchResult) -> None:
+    """Fill `out.results`, `out.cost_ns` and `out.state` from a device result."""
+    add = out.results.add
+    if r.data:
+        for h, c, s, t, msg, d in zip(
+            r.handles, r.codes, r.stored_bytes, r.costs_ns, r.messages, r.data, strict=True
+        ):
+            if msg:
+                add(handle=h, code=c, stored_bytes=s, cost_ns=t, message=msg, data=d)
+            else:
+                add(handle=h, code=c, stored_bytes=s, cost_ns=t, data=d)
+    else:
+        for h, c, s, t, msg in zip(
+            r.handles, r.codes, r.stored_bytes, r.costs_ns, r.messages, strict=True
+        ):
+            if msg:
+                add(handle=h, code=c, stored_bytes=s, cost_ns=t, message=msg)
+            else:
+                add(handle=h, code=c, stored_bytes=s, cost_ns=t)
+    out.cost_ns = r.cost_ns
+    s = r.state
+    st = out.state
+    st.pressure = s.pressure
+    st.physical_used_bytes = s.physical_used_bytes
+    st.free_bytes = s.free_bytes
+    st.allocated_pages = s.allocated_pages
+
+
+def results_from_pb(
+    results: Sequence[pb.PageResult], cost_ns: int, state: pb.NodeState, *, with_data: bool
+) -> BatchResult:
+    handles: list[int] = []
+    codes: list[int] = []
+    sizes: list[int] = []
+    costs: list[int] = []
+    messages: list[str] = []
+    datas: list[bytes] = []
+    for r in results:
+        handles.append(r.handle)
+        codes.append(r.code)
+        sizes.append(r.stored_bytes)
+        costs.append(r.cost_ns)
+        messages.append(r.message)
+        if with_data:
+            datas.append(r.data)
+    return BatchResult(
+        handles=handles,
+        codes=codes,
+        stored_bytes=sizes,
+        costs_ns=costs,
+        messages=messages,
+        data=datas,
+        cost_ns=cost_ns,
+        state=state_from_pb(state),
+    )
+
+
+def page_result_to_pb(r: BatchResult) -> pb.PageResult:
+    """The single-page reply of the unary Store and Load."""
+    m = pb.PageResult(
+        handle=r.handles[0],
+        code=r.codes[0],
+        stored_bytes=r.stored_bytes[0],
+        cost_ns=r.costs_ns[0],
+        message=r.messages[0],
+        state=state_to_pb(r.state),
+    )
+    if r.data:
+        m.data = r.data[0]
+    return m
+
+
+def op_result_from_pb(count: int, cost_ns: int, state: pb.NodeState) -> OpResult:
+    return OpResult(count=count, cost_ns=cost_ns, state=state_from_pb(state))
+
+
+# ------------------------------------------------------------ wire encoding
+#
+# The StoreBatch of the hot path is encoded by hand: protobuf's Python API
+# copies every 4 KiB page into its arena and again when serialising, which
+# costs more than the node's own work. The bytes produced are an ordinary
+# StoreBatch (field numbers from node.proto), so any server parses them.
+
+_TAG_PAGES = b"\x0a"  # StoreBatch.pages = 1, length-delimited
+_TAG_HANDLE = b"\x08"  # PageWrite.handle = 1, varint
+_TAG_DATA_PAGE = b"\x12\x80\x20"  # PageWrite.data = 2, length 4096
+_TAG_CHECK = b"\x10\x01"  # StoreBatch.check = 2, true
+_TAG_ISSUE = b"\x18"  # StoreBatch.issue_time_ns = 3
+_TAG_BATCH_ID = b"\x20"  # StoreBatch.batch_id = 4
+
+
+def varint(n: int) -> bytes:
+    if n < 0x80:
+        return _SMALL_VARINTS[n]
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_SMALL_VARINTS = [bytes([i]) for i in range(0x80)]
+
+
+def encode_store_batch(
+    pages: Sequence[tuple[int, bytes]], *, check: bool, issue_time_ns: int, batch_id: int
+) -> bytes:
+    """Serialise a StoreBatch. Pages of any length are encoded faithfully (the
+    node, not the client, judges them)."""
+    parts: list[bytes] = []
+    append = parts.append
+    for handle, data in pages:
+        dlen = len(data)
+        if dlen == 4096:
+            head = _TAG_DATA_PAGE
+            body_len = 3 + dlen
+        else:
+            head = b"\x12" + varint(dlen)
+            body_len = len(head) + dlen
+        if handle:
+            hv = _TAG_HANDLE + varint(handle)
+            append(_TAG_PAGES + varint(body_len + len(hv)) + hv + head)
+        else:
+            append(_TAG_PAGES + varint(body_len) + head)
+        append(data)
+    if check:
+        append(_TAG_CHECK)
+    if issue_time_ns:
+        append(_TAG_ISSUE + varint(issue_time_ns))
+    if batch_id:
+        append(_TAG_BATCH_ID + varint(batch_id))
+    return b"".join(parts)

@@ -1,0 +1,409 @@
+"""NodeClient over gRPC: the wire side of the engine/node seam.
+
+Stores and loads travel on two long-lived bidirectional streams, one per
+direction, in batches of up to the node's max_batch_pages. Several batches are
+kept in flight (pipelined) and replies are matched to requests by batch_id,
+so one caller with a large request, or many concurrent callers, keep the
+stream full. Everything else is a unary call.
+
+A node rejects a malformed batch by aborting its stream, naming the batch in
+the trailing metadata; batches sent after it were not applied. The client
+fails the rejected batch, drops the later batches of the same request (as
+the in-process client never sends them) and resends the others on a fresh
+stream, so concurrent callers do not suffer for one bad request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+import grpc
+import grpc.aio
+
+from tiersim._errors import NodeError
+from tiersim.v1 import node_pb2 as pb
+from tiersim.v1 import node_pb2_grpc as pb_grpc
+
+from ._convert import (
+    encode_store_batch,
+    event_from_pb,
+    info_from_pb,
+    op_result_from_pb,
+    results_from_pb,
+    state_from_pb,
+    stats_from_pb,
+)
+from ._local import chunks, merge_batches, merge_ops
+from ._server import REJECTED_BATCH_KEY
+from ._types import AllocateResult, BatchResult, NodeInfo, NodeStats, OpResult, PressureEvent
+
+# Large enough for the biggest batch any node accepts (4096 pages of 4 KiB).
+CLIENT_MESSAGE_LIMIT = 64 << 20
+DEFAULT_IN_FLIGHT = 8
+
+R = TypeVar("R", pb.StoreBatchResult, pb.LoadBatchResult)
+M = TypeVar("M")
+
+
+def _request(factory: Callable[..., M], **fields: Any) -> M:
+    """Build a request message; values protobuf cannot carry are the caller's INVALID_ARGUMENT."""
+    try:
+        return factory(**fields)
+    except (TypeError, ValueError) as exc:
+        raise NodeError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+
+
+def node_error(err: grpc.aio.AioRpcError) -> NodeError:
+    """The NodeError a failed call stands for: same status code, the node's message."""
+    code = err.code()
+    return NodeError(code, err.details() or code.name)
+
+
+def _rejected_batch(err: grpc.aio.AioRpcError) -> int | None:
+    for key, value in err.trailing_metadata() or ():
+        if key == REJECTED_BATCH_KEY:
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+class _Pending:
+    __slots__ = ("future", "group", "message")
+
+    def __init__(self, message: bytes, group: int, future: asyncio.Future[Any]) -> None:
+        self.message = message
+        self.group = group
+        self.future = future
+
+
+class _BatchStream(Generic[R]):
+    """One long-lived bidirectional stream of batches, replies matched by batch_id."""
+
+    def __init__(
+        self,
+        open_call: Callable[[], grpc.aio.StreamStreamCall[bytes, R]],
+        max_in_flight: int,
+    ) -> None:
+        self._open_call = open_call
+        self._pending: dict[int, _Pending] = {}  # in send order
+        self._call: grpc.aio.StreamStreamCall[bytes, R] | None = None
+        self._readers: set[asyncio.Task[None]] = set()
+        self._lock = asyncio.Lock()
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._closed = False
+
+    def _open(self) -> grpc.aio.StreamStreamCall[bytes, R]:
+        call = self._open_call()
+        self._call = call
+        task = asyncio.get_running_loop().create_task(self._read(call))
+        self._readers.add(task)
+        task.add_done_callback(self._readers.discard)
+        return call
+
+    async def send(self, batch_id: int, group: int, message: bytes) -> asyncio.Future[R]:
+        """Queue one batch; the future resolves to its reply or a NodeError."""
+        await self._slots.acquire()
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(lambda _: self._slots.release())
+        async with self._lock:
+            if self._closed:
+                future.set_exception(NodeError(grpc.StatusCode.CANCELLED, "client is closed"))
+                return future
+            self._pending[batch_id] = _Pending(message, group, future)
+            call = self._call or self._open()
+            try:
+                await call.write(message)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
+                # The stream already failed: its reader resends or fails this batch.
+                pass
+        return future
+
+    async def _read(self, call: grpc.aio.StreamStreamCall[bytes, R]) -> None:
+        pending = self._pending
+        while True:
+            try:
+                reply = await call.read()
+            except grpc.aio.AioRpcError as err:
+                await self._broken(call, err)
+                return
+            except asyncio.CancelledError:
+                raise
+            if reply is grpc.aio.EOF:
+                await self._broken(call, None)
+                return
+            entry = pending.pop(reply.batch_id, None)  # type: ignore[union-attr]
+            if entry is not None and not entry.future.done():
+                entry.future.set_result(reply)  # type: ignore[arg-type]
+
+    async def _broken(
+        self, call: grpc.aio.StreamStreamCall[bytes, R], err: grpc.aio.AioRpcError | None
+    ) -> None:
+        async with self._lock:
+            if self._call is call:
+                self._call = None
+            pending = self._pending
+            rejected = _rejected_batch(err) if err is not None else None
+            if err is not None and rejected is not None and next(iter(pending), None) == rejected:
+                bad = pending.pop(rejected)
+                if not bad.future.done():
+                    bad.future.set_exception(node_error(err))
+                # Later batches of the same request are dropped, as the in-process client
+                # stops at the first error; other requests' batches go again.
+                for batch_id in [b for b, p in pending.items() if p.group == bad.group]:
+                    pending.pop(batch_id).future.cancel()
+                if pending and not self._closed:
+                    new = self._open()
+                    for entry in list(pending.values()):
+                        try:
+                            await new.write(entry.message)
+                        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                            break  # the new stream failed too; its reader handles it
+                return
+            exc = (
+                node_error(err)
+                if err is not None
+                else NodeError(grpc.StatusCode.UNAVAILABLE, "node closed the stream")
+            )
+            for entry in pending.values():
+                if not entry.future.done():
+                    entry.future.set_exception(exc)
+            pending.clear()
+
+    async def close(self) -> None:
+        async with self._lock:
+            self._closed = True
+            call, self._call = self._call, None
+            if call is not None:
+                call.cancel()
+            for entry in self._pending.values():
+                if not entry.future.done():
+                    entry.future.set_exception(
+                        NodeError(grpc.StatusCode.CANCELLED, "client is closed")
+                    )
+            self._pending.clear()
+        for task in list(self._readers):
+            task.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+
+
+async def _gather_in_order(futures: list[asyncio.Future[R]]) -> list[R]:
+    """Await replies in send order; on the first error cancel the rest and raise it."""
+    out: list[R] = []
+    try:
+        for f in futures:
+            out.append(await f)
+    except BaseException:
+        for f in futures:
+            if not f.done():
+                f.cancel()
+            elif not f.cancelled():
+                f.exception()  # mark retrieved: the first error is the one raised
+        raise
+    return out
+
+
+class GrpcNodeClient:
+    """NodeClient speaking tiersim.v1.MemoryNode to a node server.
+
+    Create with `await GrpcNodeClient.connect(address)`; close with `close()`
+    or use it as an async context manager.
+    """
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        info: NodeInfo,
+        *,
+        address: str = "",
+        max_in_flight: int = DEFAULT_IN_FLIGHT,
+    ) -> None:
+        self.address = address
+        self.info = info
+        self._channel = channel
+        self._stub = pb_grpc.MemoryNodeStub(channel)
+        self._max_batch = info.max_batch_pages
+        self._ids = itertools.count(1)
+        self._groups = itertools.count(1)
+        self._closed = False
+        self._stores: _BatchStream[pb.StoreBatchResult] = _BatchStream(
+            channel.stream_stream(
+                "/tiersim.v1.MemoryNode/StoreStream",
+                request_serializer=None,
+                response_deserializer=pb.StoreBatchResult.FromString,
+            ),
+            max_in_flight,
+        )
+        self._loads: _BatchStream[pb.LoadBatchResult] = _BatchStream(
+            channel.stream_stream(
+                "/tiersim.v1.MemoryNode/LoadStream",
+                request_serializer=None,
+                response_deserializer=pb.LoadBatchResult.FromString,
+            ),
+            max_in_flight,
+        )
+
+    @classmethod
+    async def connect(
+        cls, address: str, timeout: float = 10.0, *, max_in_flight: int = DEFAULT_IN_FLIGHT
+    ) -> GrpcNodeClient:
+        """Open a channel to `address` (host:port), wait until the node answers.
+
+        Raises NodeError(UNAVAILABLE) when no node answers within `timeout`
+        seconds, or when the server there is not a tiersim memory node.
+        """
+        channel = grpc.aio.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_send_message_length", CLIENT_MESSAGE_LIMIT),
+                ("grpc.max_receive_message_length", CLIENT_MESSAGE_LIMIT),
+            ],
+        )
+        try:
+            await asyncio.wait_for(channel.channel_ready(), timeout)
+        except TimeoutError:
+            await channel.close()
+            raise NodeError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"no memory node answered at {address} within {timeout:g} s",
+            ) from None
+        stub = pb_grpc.MemoryNodeStub(channel)
+        try:
+            info = await stub.Describe(pb.DescribeRequest(), timeout=timeout)
+        except grpc.aio.AioRpcError as err:
+            await channel.close()
+            if err.code() is grpc.StatusCode.UNIMPLEMENTED:
+                raise NodeError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"the server at {address} is not a tiersim memory node",
+                ) from None
+            raise node_error(err) from None
+        return cls(channel, info_from_pb(info), address=address, max_in_flight=max_in_flight)
+
+    async def __aenter__(self) -> GrpcNodeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise NodeError(grpc.StatusCode.CANCELLED, "client is closed")
+
+    async def _unary(self, call: Awaitable[Any]) -> Any:
+        self._check_open()
+        try:
+            return await call
+        except grpc.aio.AioRpcError as err:
+            raise node_error(err) from None
+
+    # ------------------------------------------------------------ NodeClient
+
+    async def describe(self) -> NodeInfo:
+        info = info_from_pb(await self._unary(self._stub.Describe(pb.DescribeRequest())))
+        self.info = info
+        return info
+
+    async def allocate(
+        self, count: int, *, check: bool = False, size_hint: int = 0, now_ns: int = 0
+    ) -> AllocateResult:
+        request = _request(
+            pb.AllocateRequest, count=count, check=check, size_hint_bytes=size_hint
+        )
+        r = await self._unary(self._stub.Allocate(request))
+        return AllocateResult(
+            handles=list(r.handles), cost_ns=r.cost_ns, state=state_from_pb(r.state)
+        )
+
+    async def store(
+        self, pages: Sequence[tuple[int, bytes]], *, check: bool = False, now_ns: int = 0
+    ) -> BatchResult:
+        self._check_open()
+        group = next(self._groups)
+        futures = []
+        for part in chunks(pages, self._max_batch):
+            try:
+                message = encode_store_batch(
+                    part, check=check, issue_time_ns=now_ns, batch_id=(bid := next(self._ids))
+                )
+            except (TypeError, ValueError) as exc:
+                for f in futures:
+                    f.cancel()
+                raise NodeError(grpc.StatusCode.INVALID_ARGUMENT, f"bad page: {exc}") from None
+            futures.append(await self._stores.send(bid, group, message))
+        replies = await _gather_in_order(futures)
+        return merge_batches(
+            [
+                results_from_pb(r.results, r.cost_ns, r.state, with_data=False)
+                for r in replies
+            ]
+        )
+
+    async def load(
+        self, handles: Sequence[int], *, free_after: bool = False, now_ns: int = 0
+    ) -> BatchResult:
+        self._check_open()
+        group = next(self._groups)
+        futures = []
+        for part in chunks(handles, self._max_batch):
+            bid = next(self._ids)
+            try:
+                message = pb.LoadBatch(
+                    handles=part, free_after=free_after, issue_time_ns=now_ns, batch_id=bid
+                ).SerializeToString()
+            except (TypeError, ValueError) as exc:
+                for f in futures:
+                    f.cancel()
+                raise NodeError(grpc.StatusCode.INVALID_ARGUMENT, f"bad handle: {exc}") from None
+            futures.append(await self._loads.send(bid, group, message))
+        replies = await _gather_in_order(futures)
+        return merge_batches(
+            [results_from_pb(r.results, r.cost_ns, r.state, with_data=True) for r in replies]
+        )
+
+    async def free(self, handles: Sequence[int], *, now_ns: int = 0) -> OpResult:
+        parts = []
+        for part in chunks(handles, self._max_batch):
+            request = _request(pb.FreeRequest, handles=part, issue_time_ns=now_ns)
+            r = await self._unary(self._stub.Free(request))
+            parts.append(op_result_from_pb(r.freed, r.cost_ns, r.state))
+        return merge_ops(parts)
+
+    async def zero(self, handles: Sequence[int], *, now_ns: int = 0) -> OpResult:
+        parts = []
+        for part in chunks(handles, self._max_batch):
+            request = _request(pb.ZeroRequest, handles=part, issue_time_ns=now_ns)
+            r = await self._unary(self._stub.Zero(request))
+            parts.append(op_result_from_pb(r.zeroed, r.cost_ns, r.state))
+        return merge_ops(parts)
+
+    async def stats(self) -> NodeStats:
+        return stats_from_pb(await self._unary(self._stub.Stats(pb.StatsRequest())))
+
+    async def reset(self, seed: int = 0) -> None:
+        await self._unary(self._stub.Reset(_request(pb.ResetRequest, seed=seed)))
+
+    async def watch_pressure(self) -> AsyncIterator[PressureEvent]:
+        self._check_open()
+        call = self._stub.WatchPressure(pb.WatchPressureRequest())
+        try:
+            async for event in call:
+                yield event_from_pb(event)
+        except grpc.aio.AioRpcError as err:
+            if self._closed and err.code() is grpc.StatusCode.CANCELLED:
+                return
+            raise node_error(err) from None
+        finally:
+            call.cancel()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._stores.close()
+        await self._loads.close()
+        await self._channel.close()

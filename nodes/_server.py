@@ -1,0 +1,561 @@
+"""The memory-node gRPC server.
+
+One asyncio event loop serves every client. Device-model calls are
+synchronous and never await, so each request is applied atomically and the
+accounting stays exact however many clients store and free concurrently.
+
+Alongside tiersim.v1.MemoryNode the server offers gRPC health checking
+(NOT_SERVING while a machine check is raised), reflection (so grpcurl works
+without the .proto), and Prometheus metrics on a port of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+import prometheus_client
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from tiersim import __version__
+from tiersim._errors import ConfigError, NodeError
+from tiersim._logging import get_logger
+from tiersim.v1 import node_pb2 as pb
+from tiersim.v1 import node_pb2_grpc as pb_grpc
+
+from ._config import NodeConfig, ServerOptions
+from ._convert import (
+    event_to_pb,
+    info_to_pb,
+    page_result_to_pb,
+    results_to_pb,
+    state_to_pb,
+    stats_to_pb,
+)
+from ._device import MemoryDevice, PressureSubscriber
+from ._factory import make_device
+from ._types import DATA_LOSS, PAGE_SIZE, NodeStats
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MemoryNode"].full_name
+# Trailing metadata of a stream aborted by a rejected batch: which batch it was.
+# Batches after it on the same stream were not applied; the client may resend them.
+REJECTED_BATCH_KEY = "tiersim-rejected-batch"
+# Real-time mode sleeps once the modelled time owed reaches this much, so that
+# sub-microsecond costs add up instead of vanishing in timer granularity.
+PACE_QUANTUM_NS = 1_000_000
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def message_limit(max_batch_pages: int) -> int:
+    """gRPC message size limit for batches of `max_batch_pages` pages, with headroom."""
+    return max(8 << 20, 2 * max_batch_pages * (PAGE_SIZE + 64) + (64 << 10))
+
+
+def grpc_options(max_batch_pages: int) -> list[tuple[str, Any]]:
+    limit = message_limit(max_batch_pages)
+    return [
+        # Two nodes must never share a port by accident.
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", limit),
+    ]
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def write_address_file(path: str | os.PathLike[str], address: str) -> None:
+    """Write `address` atomically: a reader sees no file or the whole line."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(address + "\n")
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class NodeServicer(pb_grpc.MemoryNodeServicer):
+    """tiersim.v1.MemoryNode over one device model."""
+
+    def __init__(
+        self,
+        device: MemoryDevice,
+        *,
+        health: health_aio.HealthServicer | None = None,
+        realtime_dilation: float = 0.0,
+    ) -> None:
+        self.device = device
+        self._health = health
+        self._dilation = realtime_dilation
+        self._debt_ns = 0.0
+        self._subscribers: set[PressureSubscriber] = set()
+        self._log = get_logger("tiersim.nodes.server").bind(node=device.config.name)
+        self._machine_check_seen = False
+
+    # ------------------------------------------------------------ helpers
+
+    async def _abort(
+        self, context: grpc.aio.ServicerContext[Any, Any], exc: NodeError, batch_id: int | None = None
+    ) -> None:
+        self._log.debug("request rejected", code=exc.code.name, reason=exc.message)
+        await self._check_health()
+        metadata: tuple[tuple[str, str], ...] = ()
+        if batch_id is not None:
+            metadata = ((REJECTED_BATCH_KEY, str(batch_id)),)
+        await context.abort(exc.code, exc.message, trailing_metadata=metadata)
+
+    async def _check_health(self) -> None:
+        mc = self.device.machine_check
+        if mc == self._machine_check_seen:
+            return
+        self._machine_check_seen = mc
+        if mc:
+            self._log.error(
+                "machine check raised: a write found no physical room; "
+                "data operations refused until reset",
+                physical_used_bytes=self.device.physical_used_bytes,
+            )
+        if self._health is not None:
+            status = _NOT_SERVING if mc else _SERVING
+            await self._health.set("", status)
+            await self._health.set(SERVICE_NAME, status)
+
+    async def _after(self, cost_ns: int, codes: list[int] | None = None) -> None:
+        """Bookkeeping after a data operation: health, logs, real-time pacing."""
+        if codes is not None and DATA_LOSS in codes:
+            self._log.warning(
+                "write found no physical room: page(s) poisoned",
+                pages=codes.count(DATA_LOSS),
+                physical_used_bytes=self.device.physical_used_bytes,
+            )
+        if self.device.machine_check != self._machine_check_seen:
+            await self._check_health()
+        if self._dilation:
+            await self._pace(cost_ns)
+
+    async def _pace(self, cost_ns: int) -> None:
+        self._debt_ns += cost_ns * self._dilation
+        if self._debt_ns < PACE_QUANTUM_NS:
+            return
+        # Take the whole debt before sleeping, so concurrent requests do not pay it twice;
+        # over- or under-sleeping is carried over.
+        owed, self._debt_ns = self._debt_ns, 0.0
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await asyncio.sleep(owed / 1e9)
+        self._debt_ns += owed - (loop.time() - start) * 1e9
+
+    def close_watchers(self) -> None:
+        for sub in list(self._subscribers):
+            sub.close()
+
+    # ------------------------------------------------------------ RPCs
+
+    async def Describe(
+        self, request: pb.DescribeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.NodeInfo:
+        return info_to_pb(self.device.info())
+
+    async def Allocate(
+        self, request: pb.AllocateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.AllocateResponse:
+        try:
+            r = self.device.allocate(
+                request.count,
+                check=request.check,
+                size_hint=request.size_hint_bytes,
+                now_ns=0,
+            )
+        except NodeError as exc:
+            await self._abort(context, exc)
+            raise  # unreachable: abort raises
+        await self._after(r.cost_ns)
+        return pb.AllocateResponse(handles=r.handles, cost_ns=r.cost_ns, state=state_to_pb(r.state))
+
+    async def Store(
+        self, request: pb.StoreRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.PageResult:
+        page = request.page
+        try:
+            r = self.device.store(
+                [(page.handle, page.data)], check=request.check, now_ns=request.issue_time_ns
+            )
+        except NodeError as exc:
+            await self._abort(context, exc)
+            raise
+        await self._after(r.cost_ns, r.codes)
+        return page_result_to_pb(r)
+
+    async def Load(
+        self, request: pb.LoadRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.PageResult:
+        try:
+            r = self.device.load(
+                [request.handle], free_after=request.free_after, now_ns=request.issue_time_ns
+            )
+        except NodeError as exc:
+            await self._abort(context, exc)
+            raise
+        await self._after(r.cost_ns)
+        if r.codes[0] == DATA_LOSS:
+            await context.abort(grpc.StatusCode.DATA_LOSS, r.messages[0])
+        return page_result_to_pb(r)
+
+    async def StoreStream(
+        self,
+        request_iterator: AsyncIterator[pb.StoreBatch],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[pb.StoreBatchResult]:
+        device = self.device
+        async for batch in request_iterator:
+            try:
+                r = device.store(
+                    [(p.handle, p.data) for p in batch.pages],
+                    check=batch.check,
+                    now_ns=batch.issue_time_ns,
+                )
+            except NodeError as exc:
+                await self._abort(context, exc, batch.batch_id)
+                raise
+            out = pb.StoreBatchResult(batch_id=batch.batch_id)
+            results_to_pb(r, out)
+            await self._after(r.cost_ns, r.codes)
+            yield out
+
+    async def LoadStream(
+        self,
+        request_iterator: AsyncIterator[pb.LoadBatch],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[pb.LoadBatchResult]:
+        device = self.device
+        async for batch in request_iterator:
+            try:
+                r = device.load(
+                    batch.handles, free_after=batch.free_after, now_ns=batch.issue_time_ns
+                )
+            except NodeError as exc:
+                await self._abort(context, exc, batch.batch_id)
+                raise
+            out = pb.LoadBatchResult(batch_id=batch.batch_id)
+            results_to_pb(r, out)
+            await self._after(r.cost_ns)
+            yield out
+
+    async def Free(
+        self, request: pb.FreeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.FreeResponse:
+        try:
+            r = self.device.free(request.handles, now_ns=request.issue_time_ns)
+        except NodeError as exc:
+            await self._abort(context, exc)
+            raise
+        await self._after(r.cost_ns)
+        return pb.FreeResponse(freed=r.count, cost_ns=r.cost_ns, state=state_to_pb(r.state))
+
+    async def Zero(
+        self, request: pb.ZeroRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ZeroResponse:
+        try:
+            r = self.device.zero(request.handles, now_ns=request.issue_time_ns)
+        except NodeError as exc:
+            await self._abort(context, exc)
+            raise
+        await self._after(r.cost_ns)
+        return pb.ZeroResponse(zeroed=r.count, cost_ns=r.cost_ns, state=state_to_pb(r.state))
+
+    async def Stats(
+        self, request: pb.StatsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.NodeStats:
+        return stats_to_pb(self.device.stats())
+
+    async def Reset(
+        self, request: pb.ResetRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ResetResponse:
+        try:
+            self.device.reset(request.seed)
+        except NodeError as exc:
+            await self._abort(context, exc)
+            raise
+        self._debt_ns = 0.0
+        self._log.info("node reset", seed=self.device.info().seed)
+        await self._check_health()
+        return pb.ResetResponse()
+
+    async def WatchPressure(
+        self, request: pb.WatchPressureRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.PressureEvent]:
+        sub = self.device.subscribe()
+        self._subscribers.add(sub)
+        try:
+            while True:
+                try:
+                    event = await sub.get()
+                except EOFError:
+                    return
+                yield event_to_pb(event)
+        finally:
+            sub.close()
+            self._subscribers.discard(sub)
+
+
+# ---------------------------------------------------------------- metrics
+
+_GAUGES = (
+    "allocated_pages",
+    "stored_pages",
+    "zero_pages",
+    "poisoned_pages",
+    "logical_bytes",
+    "stored_bytes",
+    "physical_used_bytes",
+    "physical_bytes",
+    "advertised_bytes",
+    "pressure",
+    "machine_check",
+)
+_COUNTERS = (
+    "stores",
+    "loads",
+    "frees",
+    "zeroes",
+    "alloc_refused",
+    "write_failures",
+    "machine_checks",
+    "data_loss_reads",
+    "compress_in_bytes",
+    "compress_out_bytes",
+    "decompress_out_bytes",
+    "busy_ns",
+    "queue_ns",
+    "rejected_requests",
+)
+_HELP = {
+    "allocated_pages": "Handles allocated (reserved or stored).",
+    "stored_pages": "Pages holding data.",
+    "zero_pages": "Stored pages that are entirely zero.",
+    "poisoned_pages": "Pages poisoned by an overflowing write.",
+    "logical_bytes": "Logical bytes held (stored_pages x 4096).",
+    "stored_bytes": "Sum of stored (compressed, on cram) payload sizes.",
+    "physical_used_bytes": "Media in use: stored bytes plus per-page overhead.",
+    "physical_bytes": "Media present.",
+    "advertised_bytes": "Capacity offered to the system.",
+    "pressure": "Watermark pressure, 0..1000.",
+    "machine_check": "1 while a machine check is raised.",
+    "stores": "Pages written.",
+    "loads": "Pages read.",
+    "frees": "Pages freed.",
+    "zeroes": "Pages zeroed in place.",
+    "alloc_refused": "Checked allocations refused for lack of headroom.",
+    "write_failures": "Writes that found no physical room.",
+    "machine_checks": "Machine checks raised.",
+    "data_loss_reads": "Loads answered DATA_LOSS.",
+    "compress_in_bytes": "Bytes passed through the compressor.",
+    "compress_out_bytes": "Bytes produced by the compressor.",
+    "decompress_out_bytes": "Bytes produced by the decompressor.",
+    "busy_ns": "Modelled device time spent, in ns.",
+    "queue_ns": "Modelled time spent queueing, in ns.",
+    "rejected_requests": "Requests rejected as malformed or impossible.",
+}
+
+
+class NodeStatsCollector(Collector):
+    """Exposes NodeStats as tiersim_node_* metrics, read at scrape time.
+
+    The scrape runs in the metrics server's thread; the snapshot is taken on
+    the event loop, so it is consistent with the requests around it.
+    """
+
+    def __init__(self, device: MemoryDevice, loop: asyncio.AbstractEventLoop) -> None:
+        self._device = device
+        self._loop = loop
+
+    def _snapshot(self) -> NodeStats:
+        if self._loop.is_running() and threading.current_thread() is not threading.main_thread():
+            future: concurrent.futures.Future[NodeStats] = concurrent.futures.Future()
+
+            def take() -> None:
+                try:
+                    future.set_result(self._device.stats())
+                except BaseException as exc:  # pragma: no cover - stats() does not raise
+                    future.set_exception(exc)
+
+            try:
+                self._loop.call_soon_threadsafe(take)
+                return future.result(timeout=5)
+            except (RuntimeError, concurrent.futures.TimeoutError):
+                pass  # the loop is closing or stuck: fall back to a direct read
+        return self._device.stats()
+
+    def collect(self) -> Iterable[prometheus_client.Metric]:
+        stats = self._snapshot()
+        labels = [stats.name]
+        info = InfoMetricFamily("tiersim_node", "What this node is.", labels=["node"])
+        info.add_metric(labels, {"kind": stats.kind.name.lower(), "version": __version__})
+        yield info
+        for name in _GAUGES:
+            g = GaugeMetricFamily(f"tiersim_node_{name}", _HELP[name], labels=["node"])
+            g.add_metric(labels, float(getattr(stats, name)))
+            yield g
+        for name in _COUNTERS:
+            c = CounterMetricFamily(f"tiersim_node_{name}", _HELP[name], labels=["node"])
+            c.add_metric(labels, float(getattr(stats, name)))
+            yield c
+
+
+# ---------------------------------------------------------------- server
+
+
+class NodeServer:
+    """A running memory node: gRPC server, health, reflection and metrics."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        options: ServerOptions | None = None,
+        *,
+        device: MemoryDevice | None = None,
+    ) -> None:
+        self.config = config
+        self.options = options or ServerOptions()
+        self.device = device if device is not None else make_device(config)
+        self.health = health_aio.HealthServicer()
+        self.servicer = NodeServicer(
+            self.device, health=self.health, realtime_dilation=self.options.realtime_dilation
+        )
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._server: grpc.aio.Server | None = None
+        self._metrics: Any = None
+        self.port = 0
+        self.metrics_port: int | None = None
+        self._log = get_logger("tiersim.nodes.server").bind(node=config.name)
+
+    @property
+    def address(self) -> str:
+        return format_address(self.options.host, self.port)
+
+    async def start(self) -> str:
+        """Bind and start serving; return the bound address (host:port)."""
+        opts = self.options
+        server = grpc.aio.server(options=grpc_options(self.config.max_batch_pages))
+        pb_grpc.add_MemoryNodeServicer_to_server(self.servicer, server)  # type: ignore[no-untyped-call]
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
+            server,
+        )
+        want = format_address(opts.host, opts.port)
+        try:
+            port = server.add_insecure_port(want)
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot listen on {want}: {exc}", key="port") from None
+        if port == 0:
+            raise ConfigError(f"cannot listen on {want}", key="port")
+        self.port = port
+        await self.health.set("", _SERVING)
+        await self.health.set(SERVICE_NAME, _SERVING)
+        await server.start()
+        self._server = server
+        if opts.metrics_port is not None:
+            self.registry.register(NodeStatsCollector(self.device, asyncio.get_running_loop()))
+            try:
+                httpd, _ = prometheus_client.start_http_server(
+                    opts.metrics_port, addr=opts.host, registry=self.registry
+                )
+            except OSError as exc:
+                await server.stop(None)
+                raise ConfigError(
+                    f"cannot serve metrics on {format_address(opts.host, opts.metrics_port)}: "
+                    f"{exc.strerror}",
+                    key="metrics_port",
+                ) from None
+            self._metrics = httpd
+            self.metrics_port = httpd.server_port
+        self._log.info(
+            "node listening",
+            address=self.address,
+            kind=self.config.kind.name.lower(),
+            advertised_bytes=self.config.advertised_bytes,
+            physical_bytes=self.config.physical_bytes,
+            metrics_port=self.metrics_port,
+        )
+        return self.address
+
+    async def stop(self, grace: float | None = 2.0) -> None:
+        """Stop accepting work, let running calls finish for `grace` seconds, then close."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        await self.health.enter_graceful_shutdown()
+        # Pressure watchers never end by themselves; end them so grace is not wasted.
+        self.servicer.close_watchers()
+        await server.stop(grace)
+        if self._metrics is not None:
+            httpd, self._metrics = self._metrics, None
+            await asyncio.to_thread(httpd.shutdown)
+            httpd.server_close()
+        self._log.info("node stopped")
+
+    async def __aenter__(self) -> NodeServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def serve(
+    config: NodeConfig,
+    options: ServerOptions | None = None,
+    *,
+    grace: float = 5.0,
+    stop_event: asyncio.Event | None = None,
+) -> int:
+    """Run a node until SIGTERM or SIGINT (or `stop_event`); return the exit status 0.
+
+    Prints `listening HOST:PORT` on stdout once serving, and writes the same
+    address to `options.address_file` when set.
+    """
+    server = NodeServer(config, options)
+    await server.start()
+    print(f"listening {server.address}", flush=True)
+    if server.options.address_file:
+        write_address_file(server.options.address_file, server.address)
+    stop = stop_event or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    try:
+        await stop.wait()
+        get_logger("tiersim.nodes.server").info("shutting down", grace_s=grace)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        await server.stop(grace)
+        sys.stdout.flush()
+    return 0

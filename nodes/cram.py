@@ -1,0 +1,40 @@
+"""Compressed CXL memory ("cram"): advertises more than its media holds.
+
+Every page written is compressed with lz4 on its real bytes. The media
+spends the compressed size plus a per-page overhead (translation entry,
+alignment); an all-zero page spends only the overhead, and a page lz4 cannot
+shrink below a page is kept raw. "Says 8 GB, has 1 GB": when the data
+compresses worse than the device hoped, a write finds no room and the page is
+poisoned or a machine check is raised (see MemoryDevice.store). Reference:
+Gregory Price's N_PRIVATE / mm/cram.c series (KERNEL.md, "Private / compressed
+memory nodes").
+"""
+
+from __future__ import annotations
+
+import lz4.block
+
+from ._device import MemoryDevice
+from ._types import PAGE_SIZE, NodeKind
+
+_compress = lz4.block.compress
+_decompress = lz4.block.decompress
+
+
+class CramDevice(MemoryDevice):
+    """Compressed memory node."""
+
+    kind = NodeKind.CRAM
+
+    def _encode(self, data: bytes) -> tuple[bytes, int, int, int]:
+        packed = _compress(data, store_size=False)
+        n = len(packed)
+        if n >= PAGE_SIZE:
+            # Incompressible: keep the page as-is (zswap does the same since ~6.18).
+            return data, PAGE_SIZE, PAGE_SIZE, n
+        return packed, n, PAGE_SIZE, n
+
+    def _decode(self, blob: bytes, size: int) -> tuple[bytes, int]:
+        if size == PAGE_SIZE:
+            return blob, 0
+        return _decompress(blob, uncompressed_size=PAGE_SIZE), PAGE_SIZE

@@ -1,0 +1,300 @@
+"""The simulated kernel state that every mechanism module works on.
+
+`Mm` holds the cluster: NUMA nodes (each backed by a memory node through the
+NodeClient seam), hosts (each one kernel: its tiers, zswap pool, counters),
+memory cgroups, processes and the page table. Mechanisms live in modules
+named after their kernel counterparts and take an `Mm` as first argument,
+the way kernel functions take a `pg_data_t` or a `struct lruvec`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tiersim.nodes._client import NodeClient
+from tiersim.nodes._types import NodeInfo, NodeKind, NodeState
+
+from ._pages import LruLists, PageTable
+from ._sched import Scheduler
+from .config import CgroupConfig, RunConfig, Tunables, WorkloadConfig
+from .memory_tiers import TierMap
+from .page_alloc import Watermarks
+from .vmstat import VmStat
+
+if TYPE_CHECKING:
+    from .content import ContentModel
+    from .workloads import Workload
+    from .zswap import Zswap
+
+PAGE_SIZE = 4096
+SWAP_CLUSTER_MAX = 32  # include/linux/swap.h: pages reclaimed per batch
+
+
+@dataclass(frozen=True)
+class CpuCosts:
+    """CPU-side costs the engine charges itself (not device time), in ns.
+
+    Sources: KERNEL.md latency table (lz4 per 4 KiB on one core ~6.6 us
+    compress / ~1.3 us decompress, 620 / 3100 MB/s) and common fault-path
+    measurements (a minor fault costs about a microsecond).
+    """
+
+    minor_fault_ns: int = 1_000
+    major_fault_ns: int = 2_500  # swap-in path overhead on top of device time
+    hint_fault_ns: int = 1_200  # NUMA hint fault entry/exit
+    wp_fault_ns: int = 1_500  # write-protect fault on a read-only cram page
+    migrate_page_ns: int = 1_000  # unmap, copy setup, remap of one page
+    lz4_compress_ns_per_byte: float = 6_600 / 4096
+    lz4_decompress_ns_per_byte: float = 1_300 / 4096
+    reclaim_scan_ns: int = 100  # per page scanned on an LRU
+
+
+@dataclass
+class Numa:
+    """One NUMA node as the kernel sees it: a memory node behind the seam."""
+
+    id: int
+    name: str
+    kind: NodeKind
+    client: NodeClient
+    info: NodeInfo
+    hosts: list[int]
+    present_pages: int
+    free_pages: int
+    wmark: Watermarks
+    # LRU list ids per memcg index: (inactive, active)
+    lru: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # Compressed nodes: last pressure the device reported (0..1000).
+    pressure: int = 0
+    lost: bool = False
+    kswapd_running: bool = False
+    # Resident-access latency from the node's profile (one cacheline).
+    read_ns: int = 0
+    write_ns: int = 0
+    # Device-reported totals for compressed nodes (from replies).
+    physical_used_bytes: int = 0
+    # Pages placed on the node by the engine, by state.
+    nr_pages: int = 0
+
+    @property
+    def byte_addressable(self) -> bool:
+        return self.kind in (NodeKind.DRAM, NodeKind.CXL, NodeKind.CRAM)
+
+
+@dataclass
+class Memcg:
+    """A memory cgroup on one host (mm/memcontrol.c)."""
+
+    index: int
+    host: int
+    config: CgroupConfig
+    # memory.current in bytes: resident pages plus zswap charges.
+    current: int = 0
+    peak: int = 0
+    zswap_current: int = 0  # memory.zswap.current
+    swap_current: int = 0  # memory.swap.current
+    events: dict[str, int] = field(
+        default_factory=lambda: {"low": 0, "high": 0, "max": 0, "oom": 0, "oom_kill": 0}
+    )
+    reclaim_stalls: int = 0
+    reclaim_no_progress: int = 0
+    stat: dict[str, int] = field(
+        default_factory=lambda: {
+            "zswpout": 0,
+            "zswpin": 0,
+            "zswpwb": 0,
+            "pswpin": 0,
+            "pswpout": 0,
+            "pgmajfault": 0,
+            "pgfault": 0,
+            "zswap_direct_charged": 0,
+        }
+    )
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+@dataclass
+class Process:
+    index: int
+    host: int
+    memcg: int
+    config: WorkloadConfig
+    base: int  # first page index in the page table
+    npages: int
+    workload: Workload
+    content: ContentModel
+    clock_ns: int = 0
+    accesses: int = 0
+    reads: int = 0
+    writes: int = 0
+    done: bool = False
+    killed: str | None = None
+    # NUMA scanner position (task_numa_work's mm->numa_scan_offset)
+    numa_scan_offset: int = 0
+    # Latency histogram (see results.LatencyHistogram)
+    latency: Any = None
+    # The current chunk of accesses and the position in it.
+    chunk_pages: Any = None
+    chunk_writes: Any = None
+    chunk_gaps: Any = None
+    chunk_pos: int = 0
+    chunk_len: int = 0
+
+
+@dataclass
+class Host:
+    """One kernel: its view of the nodes, its tiers, its pools and counters."""
+
+    index: int
+    name: str
+    cpus: int
+    nodes: list[int]  # NUMA nodes this host sees (byte-addressable)
+    cpu_nodes: list[int]  # its DRAM node(s)
+    swap_nodes: list[int]  # storage nodes used as swap devices, by priority
+    tiers: TierMap
+    # Allocation fallback order (zonelist) of the host's DRAM node.
+    zonelist: list[int]
+    vmstat: VmStat = field(default_factory=VmStat)
+    zswap: Zswap | None = None
+    memcgs: list[int] = field(default_factory=list)
+    # NUMA-balancing promotion state (numa_balancing.py)
+    promo: Any = None
+    total_ram_pages: int = 0
+
+
+class Mm:
+    """The whole simulated cluster state."""
+
+    def __init__(self, config: RunConfig, sched: Scheduler) -> None:
+        self.config = config
+        self.tunables: Tunables = config.tunables
+        self.sched = sched
+        self.rng = random.Random(config.seed)
+        self.costs = CpuCosts()
+        self.nodes: list[Numa] = []
+        self.hosts: list[Host] = []
+        self.memcgs: list[Memcg] = []
+        self.procs: list[Process] = []
+        self.pages = PageTable(0)
+        self.lru = LruLists(self.pages)
+        self._proc_bases: list[int] = []
+        self.node_by_name: dict[str, int] = {}
+        self.failures: list[dict[str, Any]] = []
+        self.stopped: str | None = None
+        # SLIT distances per host: node id -> distance from the host's CPUs.
+        self.distances: list[dict[int, int]] = []
+        # Resident access latency, ns: latency_table[node id, is_write].
+        self.latency_table: Any = None
+        self.corrupt_pages = 0
+        self.pressure_changes: list[tuple[int, str, int]] = []
+
+    # -- page table set-up -------------------------------------------------
+
+    def init_pages(self, total: int) -> None:
+        self.pages = PageTable(total)
+        self.lru = LruLists(self.pages)
+        self._proc_bases = [p.base for p in self.procs]
+
+    def proc_of(self, page: int) -> Process:
+        return self.procs[bisect.bisect_right(self._proc_bases, page) - 1]
+
+    def page_bytes(self, page: int) -> bytes:
+        """The page's current contents: real bytes from its process's model."""
+        proc = self.proc_of(page)
+        return proc.content.page(page - proc.base, self.pages.version[page])
+
+    def host_of_page(self, page: int) -> Host:
+        return self.hosts[self.memcgs[self.pages.memcg[page]].host]
+
+    def lru_lists(self, nid: int, memcg: int) -> tuple[int, int]:
+        node = self.nodes[nid]
+        lists = node.lru.get(memcg)
+        if lists is None:
+            lists = (self.lru.new_list(), self.lru.new_list())
+            node.lru[memcg] = lists
+        return lists
+
+    # -- helpers the mechanisms share ------------------------------------------
+
+    def node_distance(self, host: Host, nid: int) -> int:
+        """SLIT distance from the host's CPUs to a node."""
+        return self.distances[host.index].get(nid, 20)
+
+    def zswap_of_page(self, page: int) -> Zswap:
+        zswap = self.host_of_page(page).zswap
+        assert zswap is not None
+        return zswap
+
+    def verify(self, page: int, data: bytes) -> None:
+        """A device gave back a page: it must hold exactly what was placed there."""
+        if data != self.page_bytes(page):
+            self.corrupt_pages += 1
+
+    def note_state(self, nid: int, state: NodeState) -> None:
+        """Learn a node's occupancy from a reply; react to pressure changes.
+
+        A compressed node at pressure 1000 blocks migration to it and wakes
+        its kswapd (the low-watermark interrupt of mm/cram.c).
+        """
+        node = self.nodes[nid]
+        node.physical_used_bytes = state.physical_used_bytes
+        if state.pressure != node.pressure:
+            node.pressure = state.pressure
+            self.pressure_changes.append((self.sched.now_ns, node.name, state.pressure))
+            if state.pressure >= 1000 and node.kind == NodeKind.CRAM:
+                from .vmscan import wakeup_kswapd
+
+                wakeup_kswapd(self, nid)
+
+    def node_lost(self, nid: int, reason: str) -> None:
+        """A node stopped answering (or raised a machine check): its pages are lost."""
+        import numpy as np
+
+        from ._pages import PS_CRAM_RO, PS_LOST, PS_MAPPED, PS_POISONED, PS_SWAP, PS_ZSWAP_DIRECT
+
+        node = self.nodes[nid]
+        if node.lost:
+            return
+        node.lost = True
+        p = self.pages
+        held = np.isin(p.state_np, (PS_MAPPED, PS_CRAM_RO, PS_POISONED, PS_SWAP, PS_ZSWAP_DIRECT))
+        idx = np.nonzero(held & (p.node_np == nid))[0]
+        per_host: dict[int, int] = {}
+        for page in idx.tolist():
+            host = self.memcgs[p.memcg[page]].host
+            per_host[host] = per_host.get(host, 0) + 1
+            if p.state[page] == PS_ZSWAP_DIRECT:
+                zswap = self.hosts[host].zswap
+                if zswap is not None and page in zswap.length:
+                    memcg = self.memcgs[p.memcg[page]]
+                    length = zswap.length.pop(page)
+                    zswap.lru[memcg.index].pop(page, None)
+                    memcg.current -= length
+                    memcg.zswap_current -= length
+                    zswap.stats.stored_pages -= 1
+                    zswap.stats.stored_direct_pages -= 1
+                    zswap.zswapped_pages -= 1
+            elif p.state[page] in (PS_MAPPED, PS_CRAM_RO, PS_POISONED):
+                self.lru.del_page(page)
+                self.memcgs[p.memcg[page]].current -= PAGE_SIZE
+            elif p.state[page] == PS_SWAP:
+                self.memcgs[p.memcg[page]].swap_current -= PAGE_SIZE
+            p.state[page] = PS_LOST
+        for h, n in per_host.items():
+            self.hosts[h].vmstat.inc("pages_lost", n)
+        self.failures.append(
+            {
+                "time_ns": self.sched.now_ns,
+                "node": node.name,
+                "reason": reason,
+                "pages_lost": int(idx.size),
+            }
+        )
+        if self.config.on_node_loss == "stop":
+            self.stopped = f"node {node.name} lost: {reason}"

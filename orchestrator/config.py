@@ -1,0 +1,171 @@
+"""The parsed, validated form of a scenario: plain frozen data classes.
+
+`scenario.py` turns a TOML file into these; the engine consumes only these.
+Sizes are bytes, times are integer nanoseconds. Names of kernel tunables
+follow the kernel (`demotion_enabled`, `max_pool_percent`, `hot_threshold_ms`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+NodeKindName = Literal["dram", "cxl", "cram", "storage"]
+ChargeMode = Literal["page", "device", "fuzzy"]
+OnNodeLoss = Literal["continue", "stop"]
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    name: str
+    cpus: int = 4
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """One memory node of the cluster, embedded or reached at `address`."""
+
+    name: str
+    kind: NodeKindName
+    # Hosts that see this node as a NUMA node. A DRAM node has exactly one.
+    hosts: tuple[str, ...]
+    advertised_bytes: int
+    # Media present (cram only may differ from advertised).
+    physical_bytes: int
+    # "host:port" of a running node server; None = embedded in-process.
+    address: str | None = None
+    # SLIT distance from the hosts' CPUs (10 = local). None = by kind.
+    distance: int | None = None
+    # Device options passed to an embedded node (overflow, watermarks ...).
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ZswapTunables:
+    """/sys/module/zswap/parameters/ (see KERNEL.md, "zswap")."""
+
+    enabled: bool = False
+    compressor: str = "lz4"
+    max_pool_percent: int = 20
+    accept_threshold_percent: int = 90
+    shrinker_enabled: bool = False
+    # zswap direct (Price's v3 7/8): cram nodes tried in turn for whole pages.
+    direct_nodes: tuple[str, ...] = ()
+    # How the memcg is charged for a page stored directly on a compressed node:
+    # "page" (PAGE_SIZE, as posted), "device" (size the node reports), or
+    # "fuzzy" (PAGE_SIZE scaled by the node's current compression ratio).
+    direct_charge: ChargeMode = "page"
+
+
+@dataclass(frozen=True)
+class CramTunables:
+    """Compressed memory as a byte-addressable demotion tier (mm/cram.c, v4)."""
+
+    # Use cram nodes as demotion targets (mapped read-only).
+    tier_enabled: bool = True
+    # Ask node_private_allocated before each migration. False reproduces the
+    # unsafe policy that lets the device overflow.
+    safety_check: bool = True
+    # Reclaim cram pages to swap when the node reports pressure.
+    reclaim: bool = True
+
+
+@dataclass(frozen=True)
+class NumaTunables:
+    """kernel.numa_balancing and its memory-tiering knobs."""
+
+    # 0 off, 1 normal, 2 memory tiering (NUMA_BALANCING_MEMORY_TIERING), 3 both.
+    numa_balancing: int = 0
+    hot_threshold_ms: int = 1000
+    promote_rate_limit_MBps: int = 65536
+    scan_delay_ms: int = 1000
+    scan_period_min_ms: int = 1000
+    scan_period_max_ms: int = 60000
+    scan_size_mb: int = 256
+    # Period of the hot-threshold adjustment (kernel: 60 s).
+    threshold_adjust_period_ms: int = 60000
+
+
+@dataclass(frozen=True)
+class Tunables:
+    demotion_enabled: bool = False
+    # vm.swappiness; 0 disables anon reclaim to swap unless required.
+    swappiness: int = 60
+    # vm.watermark_scale_factor, in units of 1/10000 of the node.
+    watermark_scale_factor: int = 10
+    zswap: ZswapTunables = field(default_factory=ZswapTunables)
+    cram: CramTunables = field(default_factory=CramTunables)
+    numa: NumaTunables = field(default_factory=NumaTunables)
+
+
+@dataclass(frozen=True)
+class CgroupConfig:
+    """A memory cgroup (cgroup v2 memory controller files)."""
+
+    name: str
+    memory_max: int | None = None  # memory.max; None = "max"
+    memory_high: int | None = None  # memory.high
+    zswap_max: int | None = None  # memory.zswap.max
+    zswap_writeback: bool = True  # memory.zswap.writeback
+
+
+@dataclass(frozen=True)
+class WorkloadConfig:
+    """One process: where it runs, what it touches and what its pages hold."""
+
+    name: str
+    host: str
+    cgroup: str
+    footprint_bytes: int
+    # Access pattern spec for workloads.make_workload (kind and parameters).
+    pattern: dict[str, Any]
+    # Content spec for content.make_content.
+    content: Any = "default"
+    # Stop after this many accesses (None = run for the scenario duration).
+    accesses: int | None = None
+    # Simulated time at which the process starts.
+    start_ns: int = 0
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    name: str = "kernel"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one simulation run needs (one variant of a scenario)."""
+
+    name: str
+    seed: int
+    duration_ns: int
+    hosts: tuple[HostConfig, ...]
+    nodes: tuple[NodeConfig, ...]
+    cgroups: tuple[CgroupConfig, ...]
+    workloads: tuple[WorkloadConfig, ...]
+    tunables: Tunables = field(default_factory=Tunables)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    # What to do when a node is lost mid-run.
+    on_node_loss: OnNodeLoss = "continue"
+    # Deadline of one node request in real time, for lost-node detection.
+    node_timeout_s: float = 5.0
+    # Sampling interval of the time series in the results (0 = none).
+    sample_interval_ns: int = 0
+    # Node faults to inject: (time_ns, node name, action) with action "kill".
+    faults: tuple[tuple[int, str, str], ...] = ()
+    # What this run changes relative to the scenario file, as (dotted key,
+    # value) pairs in the order applied: `--set` overrides first, then the
+    # variant's own. Results report them so a comparison says what differed.
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A scenario file: a base run and the variants compared against it."""
+
+    name: str
+    description: str
+    question: str
+    path: str | None
+    variants: tuple[RunConfig, ...]

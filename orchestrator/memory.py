@@ -1,0 +1,355 @@
+"""Accesses and page faults (mm/memory.c).
+
+A process runs in steps. Accesses to pages that are mapped and allowed
+(resident read-write, or a read of a read-only compressed page) are handled
+vectorised: their PTE young bit is set, writes bump the page version (its
+content changes), and each is charged the node's resident latency from its
+described profile, without a round trip. The first access that needs the
+kernel takes the fault path, one at a time:
+
+* untouched page: do_anonymous_page (charge the memcg, allocate a frame);
+* PROT_NONE page: do_numa_page (a NUMA hint fault, maybe a promotion);
+* write to a read-only compressed page: the cram write fault promotes the
+  page to the faulting host's DRAM and frees the compressed copy;
+* swapped page: do_swap_page (zswap or the swap device), a major fault;
+* poisoned or lost page: SIGBUS, counted; the page is then refaulted empty
+  so that the run can go on.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ._pages import (
+    F_PROTNONE,
+    F_YOUNG,
+    PS_CRAM_RO,
+    PS_LOST,
+    PS_MAPPED,
+    PS_POISONED,
+    PS_SWAP,
+    PS_UNTOUCHED,
+    PS_ZSWAP,
+    PS_ZSWAP_DIRECT,
+)
+from .memcontrol import handle_over_high, try_charge, uncharge
+from .numa_balancing import migrate_balanced, should_promote, tiering_mode
+from .page_alloc import alloc_page, free_frame, take_frame
+
+if TYPE_CHECKING:
+    from ._mm import Host, Mm, Process
+
+PAGE_SIZE = 4096
+CHUNK = 4096
+# A process runs at most this much simulated time before yielding to other
+# events (kswapd, scanners, other processes).
+QUANTUM_NS = 200_000
+
+
+async def run_step(mm: Mm, proc: Process) -> None:
+    """Run one quantum of a process's accesses, then reschedule it."""
+    pages = mm.pages
+    state_np = pages.state_np
+    flags_np = pages.flags_np
+    node_np = pages.node_np
+    lat = mm.latency_table
+    deadline = max(mm.sched.now_ns, proc.clock_ns) + QUANTUM_NS
+    hist = proc.latency
+    limit = proc.config.accesses
+    while proc.clock_ns < deadline and not proc.done and not mm.stopped:
+        if proc.chunk_pos >= proc.chunk_len:
+            n = CHUNK if limit is None else min(CHUNK, limit - proc.accesses)
+            if n <= 0:
+                proc.done = True
+                break
+            chunk = proc.workload.next_chunk(n)
+            proc.chunk_pages = chunk.pages.astype(np.int64) + proc.base
+            proc.chunk_writes = chunk.writes.astype(bool)
+            proc.chunk_gaps = chunk.gap_ns.astype(np.int64)
+            proc.chunk_pos = 0
+            proc.chunk_len = len(chunk.pages)
+        pos = proc.chunk_pos
+        g = proc.chunk_pages[pos:]
+        w = proc.chunk_writes[pos:]
+        st = state_np[g]
+        ok = ((st == PS_MAPPED) | ((st == PS_CRAM_RO) & ~w)) & ((flags_np[g] & F_PROTNONE) == 0)
+        k = len(ok) if ok.all() else int(np.argmin(ok))
+        if k:
+            gk = g[:k]
+            wk = w[:k]
+            acc_lat = lat[node_np[gk], wk.astype(np.intp)]
+            cum = np.cumsum(proc.chunk_gaps[pos : pos + k] + acc_lat)
+            m = int(np.searchsorted(cum, deadline - proc.clock_ns, side="right")) + 1
+            m = min(m, k)
+            gm = gk[:m]
+            wm = wk[:m]
+            flags_np[gm] |= F_YOUNG
+            written = gm[wm]
+            if written.size:
+                np.add.at(pages.version_np, written, 1)
+            hist.add_many(acc_lat[:m])
+            proc.clock_ns += int(cum[m - 1])
+            nw = int(written.size)
+            proc.writes += nw
+            proc.reads += m - nw
+            proc.accesses += m
+            proc.chunk_pos += m
+            continue
+        # The access at `pos` needs the kernel.
+        page = int(g[0])
+        write = bool(w[0])
+        proc.clock_ns += int(proc.chunk_gaps[pos])
+        mm.sched.now_ns = max(mm.sched.now_ns, proc.clock_ns)
+        cost = await handle_mm_fault(mm, proc, page, write)
+        proc.chunk_pos += 1
+        if cost < 0:  # the process was killed
+            break
+        proc.clock_ns += cost
+        hist.add(cost)
+        proc.accesses += 1
+        if write:
+            proc.writes += 1
+        else:
+            proc.reads += 1
+    if not proc.done and not mm.stopped and proc.killed is None:
+        mm.sched.at(proc.clock_ns, lambda: run_step(mm, proc), f"proc{proc.index}")
+
+
+def _access(mm: Mm, page: int, write: bool) -> int:
+    """Complete an access on a now-mapped page: young bit, version, latency."""
+    pages = mm.pages
+    pages.flags[page] |= F_YOUNG
+    if write:
+        pages.version[page] += 1
+    return int(mm.latency_table[pages.node[page], int(write)])
+
+
+async def handle_mm_fault(mm: Mm, proc: Process, page: int, write: bool) -> int:
+    """Handle one faulting access: total ns charged to the process, or -1 if killed."""
+    pages = mm.pages
+    host = mm.hosts[proc.host]
+    state = pages.state[page]
+    host.vmstat.inc("pgfault")
+    memcg = mm.memcgs[proc.memcg]
+    memcg.stat["pgfault"] += 1
+    cost = 0
+    if state in (PS_POISONED, PS_LOST):
+        # The data is gone: the task gets SIGBUS. Refault the page empty.
+        host.vmstat.inc("sigbus")
+        await _forget_page(mm, page)
+        state = PS_UNTOUCHED
+    if state == PS_UNTOUCHED:
+        c = await do_anonymous_page(mm, proc, host, page)
+        if c < 0:
+            return -1
+        return c + _access(mm, page, write)
+    if state in (PS_ZSWAP, PS_ZSWAP_DIRECT, PS_SWAP):
+        c = await do_swap_page(mm, proc, host, page)
+        if c < 0:
+            return -1
+        return c + _access(mm, page, write)
+    if pages.flags[page] & F_PROTNONE:
+        cost += await do_numa_page(mm, proc, host, page)
+        state = pages.state[page]
+    if state == PS_CRAM_RO and write:
+        c = await do_cram_wp_fault(mm, proc, host, page)
+        if c < 0:
+            return -1
+        cost += c
+    return cost + _access(mm, page, write)
+
+
+async def do_anonymous_page(mm: Mm, proc: Process, host: Host, page: int) -> int:
+    memcg = mm.memcgs[proc.memcg]
+    ok, cost = await try_charge(mm, memcg, PAGE_SIZE)
+    if not ok:
+        await oom_kill(mm, proc, "memcg oom")
+        return -1
+    nid, c = await alloc_page(mm, host)
+    cost += c
+    if nid < 0:
+        uncharge(memcg, PAGE_SIZE)
+        await oom_kill(mm, proc, "oom")
+        return -1
+    pages = mm.pages
+    pages.state[page] = PS_MAPPED
+    pages.node[page] = nid
+    pages.memcg[page] = proc.memcg
+    pages.flags[page] = 0
+    mm.lru.add_head(mm.lru_lists(nid, proc.memcg)[0], page)
+    host.vmstat.inc("pgalloc")
+    cost += mm.costs.minor_fault_ns
+    cost += await handle_over_high(mm, memcg)
+    return cost
+
+
+async def do_swap_page(mm: Mm, proc: Process, host: Host, page: int) -> int:
+    """Major fault: bring the page back from zswap or swap into local memory."""
+    from .swap import swap_in
+
+    memcg = mm.memcgs[proc.memcg]
+    ok, cost = await try_charge(mm, memcg, PAGE_SIZE)
+    if not ok:
+        await oom_kill(mm, proc, "memcg oom")
+        return -1
+    nid, c = await alloc_page(mm, host)
+    cost += c
+    if nid < 0:
+        uncharge(memcg, PAGE_SIZE)
+        await oom_kill(mm, proc, "oom")
+        return -1
+    got, c = await swap_in(mm, page, host)
+    cost += c + mm.costs.major_fault_ns
+    host.vmstat.inc("pgmajfault")
+    memcg.stat["pgmajfault"] += 1
+    pages = mm.pages
+    if not got:
+        # The swap device lost it: SIGBUS, and the page comes back empty.
+        host.vmstat.inc("sigbus")
+        pages.version[page] += 1
+    pages.state[page] = PS_MAPPED
+    pages.node[page] = nid
+    pages.handle[page] = 0
+    pages.flags[page] = 0
+    mm.lru.add_head(mm.lru_lists(nid, proc.memcg)[0], page)
+    cost += await handle_over_high(mm, memcg)
+    return cost
+
+
+async def do_numa_page(mm: Mm, proc: Process, host: Host, page: int) -> int:
+    """A NUMA hint fault; promote the page if it is hot enough."""
+    from .migrate import promote_page
+
+    pages = mm.pages
+    pages.flags[page] &= ~F_PROTNONE & 0xFF
+    host.vmstat.inc("numa_hint_faults")
+    cost = mm.costs.hint_fault_ns
+    src = pages.node[page]
+    if not tiering_mode(mm) or host.tiers.is_toptier(src) or src < 0:
+        return cost
+    dst = host.cpu_nodes[0]
+    now = proc.clock_ns
+    if not should_promote(mm, host, page, dst, now):
+        return cost
+    if not migrate_balanced(mm, dst):
+        # Target short of memory: wake kswapd there and try again later.
+        from .vmscan import wakeup_kswapd
+
+        wakeup_kswapd(mm, dst)
+        host.vmstat.inc("pgpromote_fail")
+        return cost
+    take_frame(mm, dst)
+    ok, c = await promote_page(mm, page, dst, host)
+    cost += c
+    if ok:
+        host.vmstat.inc("pgpromote_success")
+        host.vmstat.inc("numa_pages_migrated")
+    else:
+        free_frame(mm, dst)
+        host.vmstat.inc("pgpromote_fail")
+    return cost
+
+
+async def do_cram_wp_fault(mm: Mm, proc: Process, host: Host, page: int) -> int:
+    """mm/cram.c: a write to a read-only compressed page promotes it to local DRAM."""
+    from .migrate import promote_page
+
+    host.vmstat.inc("cram_write_fault")
+    cost = mm.costs.wp_fault_ns
+    nid, c = await alloc_page(mm, host)
+    cost += c
+    if nid < 0:
+        host.vmstat.inc("cram_promote_fail")
+        await oom_kill(mm, proc, "oom")
+        return -1
+    ok, c = await promote_page(mm, page, nid, host)
+    cost += c
+    if not ok:
+        free_frame(mm, nid)
+        host.vmstat.inc("cram_promote_fail")
+        # The compressed copy was unreadable: the data is lost.
+        await _forget_page(mm, page)
+        pages = mm.pages
+        pages.state[page] = PS_UNTOUCHED
+        c = await do_anonymous_page(mm, proc, host, page)
+        return -1 if c < 0 else cost + c
+    host.vmstat.inc("pgpromote_success")
+    return cost
+
+
+async def _forget_page(mm: Mm, page: int) -> None:
+    """Drop whatever a poisoned or lost page still holds, leaving it untouched."""
+    pages = mm.pages
+    nid = pages.node[page]
+    state = pages.state[page]
+    memcg = mm.memcgs[pages.memcg[page]]
+    if nid >= 0 and state in (PS_POISONED, PS_MAPPED, PS_CRAM_RO):
+        node = mm.nodes[nid]
+        if pages.handle[page] and not node.lost:
+            from .migrate import node_call
+
+            await node_call(mm, nid, node.client.free([pages.handle[page]]))
+        mm.lru.del_page(page)
+        free_frame(mm, nid)
+        uncharge(memcg, PAGE_SIZE)
+    elif state == PS_LOST and nid >= 0 and mm.pages.lru_id[page] >= 0:
+        mm.lru.del_page(page)
+    pages.state[page] = PS_UNTOUCHED
+    pages.node[page] = -1
+    pages.handle[page] = 0
+    pages.flags[page] = 0
+    pages.version[page] += 1
+
+
+async def oom_kill(mm: Mm, proc: Process, reason: str) -> None:
+    """The OOM killer ends the process; its memory is released (exit_mmap)."""
+    host = mm.hosts[proc.host]
+    memcg = mm.memcgs[proc.memcg]
+    host.vmstat.inc("oom_kill")
+    memcg.events["oom_kill"] += 1
+    proc.killed = reason
+    proc.done = True
+    await exit_mmap(mm, proc)
+
+
+async def exit_mmap(mm: Mm, proc: Process) -> None:
+    """Free every page of a process: frames, zswap entries, swap slots, device copies."""
+    from .migrate import node_call
+    from .zswap import zswap_invalidate
+
+    pages = mm.pages
+    memcg = mm.memcgs[proc.memcg]
+    by_node: dict[int, list[int]] = {}
+    for page in range(proc.base, proc.base + proc.npages):
+        state = pages.state[page]
+        if state == PS_UNTOUCHED:
+            continue
+        nid = pages.node[page]
+        if state in (PS_MAPPED, PS_CRAM_RO, PS_POISONED):
+            mm.lru.del_page(page)
+            free_frame(mm, nid)
+            uncharge(memcg, PAGE_SIZE)
+            if pages.handle[page]:
+                by_node.setdefault(nid, []).append(pages.handle[page])
+        elif state in (PS_ZSWAP, PS_ZSWAP_DIRECT):
+            zswap = mm.zswap_of_page(page)
+            await zswap_invalidate(mm, zswap, page)
+        elif state == PS_SWAP:
+            memcg.swap_current -= PAGE_SIZE
+            if nid >= 0:
+                mm.nodes[nid].nr_pages -= 1
+                by_node.setdefault(nid, []).append(pages.handle[page])
+        elif state == PS_LOST and pages.lru_id[page] >= 0:
+            mm.lru.del_page(page)
+        pages.state[page] = PS_UNTOUCHED
+        pages.node[page] = -1
+    for nid, handles in sorted(by_node.items()):
+        node = mm.nodes[nid]
+        if node.lost:
+            continue
+        for i in range(0, len(handles), 256):
+            r = await node_call(mm, nid, node.client.free(handles[i : i + 256]))
+            if r is not None:
+                mm.note_state(nid, r.state)

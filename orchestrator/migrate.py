@@ -1,0 +1,207 @@
+"""Moving pages between nodes (mm/migrate.c), demotion and promotion.
+
+Every move goes through the NodeClient seam: the bytes travel to the target
+device, which answers with the cost it modelled; the source copy is freed.
+Moves to a compressed node follow the private-node protocol: ask whether the
+page is safe (check-and-allocate), refuse when the node reports pressure
+1000, map the page read-only on arrival (mm/cram.c).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, TypeVar
+
+import grpc
+
+from tiersim._errors import NodeError
+from tiersim.nodes._types import DATA_LOSS, OK, RESOURCE_EXHAUSTED, NodeKind
+
+from ._pages import F_ACTIVE, F_PROTNONE, PS_CRAM_RO, PS_MAPPED, PS_POISONED
+from .page_alloc import alloc_on_node, free_frame
+
+if TYPE_CHECKING:
+    from ._mm import Host, Mm
+
+T = TypeVar("T")
+
+# Errors that mean the node is gone or unusable, not that one request was bad.
+NODE_LOST_CODES = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.INTERNAL,
+)
+
+
+async def node_call(mm: Mm, nid: int, call: Awaitable[T]) -> T | None:
+    """Await a node request; a lost node is recorded and answers None."""
+    try:
+        return await call
+    except NodeError as exc:
+        if exc.code in NODE_LOST_CODES:
+            mm.node_lost(nid, f"{exc.code.name}: {exc.message}")
+            return None
+        raise
+
+
+def demotion_order(mm: Mm, nid: int, host: Host) -> list[int]:
+    """Targets to try: a random preferred node, then the allowed mask by distance.
+
+    next_demotion_node() picks randomly among the preferred nodes;
+    alloc_demote_folio() falls back to the rest of the lower tiers.
+    """
+    targets = host.tiers.targets.get(nid)
+    if not targets:
+        return []
+    first = mm.rng.choice(targets.preferred)
+    rest = [n for n in targets.allowed if n != first]
+    rest.sort(key=lambda n: (mm.node_distance(host, n), n))
+    return [n for n in [first, *rest] if not mm.nodes[n].lost]
+
+
+async def demote_folio_list(
+    mm: Mm, candidates: list[int], nid: int, host: Host
+) -> tuple[list[int], list[int], int]:
+    """demote_folio_list(): (demoted, failed, ns) for pages reclaimed from `nid`."""
+    remaining = list(candidates)
+    demoted: list[int] = []
+    cost = 0
+    for target in demotion_order(mm, nid, host):
+        if not remaining:
+            break
+        moved, remaining, c = await move_pages(mm, remaining, nid, target, host, reason="demote")
+        demoted.extend(moved)
+        cost += c
+    if remaining:
+        host.vmstat.inc("pgdemote_fail", len(remaining))
+    return demoted, remaining, cost
+
+
+async def move_pages(
+    mm: Mm, pages_in: list[int], src: int, dst: int, host: Host, *, reason: str
+) -> tuple[list[int], list[int], int]:
+    """Migrate resident pages from `src` to byte-addressable node `dst`.
+
+    Returns (moved, not moved, ns). Pages the device poisons are lost data:
+    they are counted as memory failures and moved to the poisoned state.
+    """
+    pages = mm.pages
+    node = mm.nodes[dst]
+    cram = node.kind == NodeKind.CRAM
+    check = cram and mm.tunables.cram.safety_check
+    if cram:
+        if not mm.tunables.cram.tier_enabled:
+            return [], pages_in, 0
+        if check and node.pressure >= 1000:
+            # mm/cram.c: migration refused (-ENOSPC) while the device is under pressure.
+            host.vmstat.inc("cram_demote_refused", len(pages_in))
+            return [], pages_in, 0
+    # Reserve frames first: a demotion allocates only on the target, without reclaim.
+    batch: list[int] = []
+    rest: list[int] = []
+    for page in pages_in:
+        if alloc_on_node(mm, dst, node.wmark.min):
+            batch.append(page)
+        else:
+            rest.append(page)
+    if not batch:
+        return [], rest, 0
+    writes = [(0, mm.page_bytes(page)) for page in batch]
+    result = await node_call(
+        mm, dst, node.client.store(writes, check=check, now_ns=mm.sched.now_ns)
+    )
+    if result is None:
+        for _ in batch:
+            free_frame(mm, dst)
+        return [], [*batch, *rest], 0
+    mm.note_state(dst, result.state)
+    moved: list[int] = []
+    src_handles: list[int] = []
+    cost = result.cost_ns + len(batch) * mm.costs.migrate_page_ns
+    for i, page in enumerate(batch):
+        code = result.codes[i]
+        if code == OK or code == DATA_LOSS:
+            if pages.handle[page]:
+                src_handles.append(pages.handle[page])
+            mm.lru.del_page(page)
+            free_frame(mm, src)
+            memcg = pages.memcg[page]
+            pages.node[page] = dst
+            pages.handle[page] = result.handles[i]
+            pages.zsize[page] = min(result.stored_bytes[i], 0xFFFF)
+            pages.flags[page] &= ~(F_ACTIVE | F_PROTNONE) & 0xFF
+            if code == OK:
+                pages.state[page] = PS_CRAM_RO if cram else PS_MAPPED
+                mm.lru.add_head(mm.lru_lists(dst, memcg)[0], page)
+                moved.append(page)
+                host.vmstat.inc("pgmigrate_success")
+                if cram:
+                    host.vmstat.inc("cram_demote")
+            else:
+                # The device dropped the write: the data is gone (memory failure).
+                pages.state[page] = PS_POISONED
+                host.vmstat.inc("memory_failure")
+                moved.append(page)
+        else:
+            free_frame(mm, dst)
+            if code == RESOURCE_EXHAUSTED and cram:
+                host.vmstat.inc("cram_demote_refused")
+            rest.append(page)
+    if src_handles:
+        # The source held a device copy (a page demoted before): release it.
+        snode = mm.nodes[src]
+        r = await node_call(mm, src, snode.client.free(src_handles, now_ns=mm.sched.now_ns))
+        if r is not None:
+            mm.note_state(src, r.state)
+            cost += r.cost_ns
+    return moved, rest, cost
+
+
+async def promote_page(mm: Mm, page: int, dst: int, host: Host) -> tuple[bool, int]:
+    """Migrate one page from a lower-tier node to top-tier node `dst` (frame taken by caller).
+
+    The page's bytes are read back from the device (and must be the bytes
+    the engine placed there); the device copy is freed.
+    """
+    pages = mm.pages
+    src = pages.node[page]
+    node = mm.nodes[src]
+    if pages.handle[page] == 0:
+        # A frame the page allocator handed out on a slower node: no device
+        # copy to fetch; the CPU copies it at that node's speed.
+        memcg = pages.memcg[page]
+        mm.lru.del_page(page)
+        free_frame(mm, src)
+        pages.node[page] = dst
+        pages.state[page] = PS_MAPPED
+        pages.flags[page] &= ~F_PROTNONE & 0xFF
+        mm.lru.add_head(mm.lru_lists(dst, memcg)[0], page)
+        host.vmstat.inc("pgmigrate_success")
+        return True, int(mm.latency_table[src, 0]) * 64 + mm.costs.migrate_page_ns
+    result = await node_call(
+        mm,
+        src,
+        node.client.load([pages.handle[page]], free_after=True, now_ns=mm.sched.now_ns),
+    )
+    if result is None:
+        return False, 0
+    mm.note_state(src, result.state)
+    if result.codes[0] != OK:
+        pages.state[page] = PS_POISONED
+        host.vmstat.inc("memory_failure")
+        free_frame(mm, src)
+        return False, result.cost_ns
+    if pages.state[page] == PS_CRAM_RO:
+        mm.verify(page, result.data[0])
+    memcg = pages.memcg[page]
+    mm.lru.del_page(page)
+    free_frame(mm, src)
+    pages.node[page] = dst
+    pages.handle[page] = 0
+    pages.state[page] = PS_MAPPED
+    pages.flags[page] &= ~F_PROTNONE & 0xFF
+    mm.lru.add_head(mm.lru_lists(dst, memcg)[0], page)
+    host.vmstat.inc("pgmigrate_success")
+    return True, result.cost_ns + mm.costs.migrate_page_ns

@@ -1,0 +1,198 @@
+"""The swap path: pageout through zswap or to the swap device, and swap-in.
+
+mm/vmscan.c pageout() -> swap_writepage(): zswap_store() first; a page it
+refuses goes to the swap device, unless the cgroup disabled zswap writeback
+(memory.zswap.writeback = 0), in which case it stays in memory. Swap-in
+(do_swap_page, mm/memory.c) tries zswap_load() and otherwise reads the slot.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tiersim.nodes._types import OK
+
+from ._pages import PS_CRAM_RO, PS_SWAP, PS_ZSWAP, PS_ZSWAP_DIRECT
+from .memcontrol import uncharge
+from .migrate import node_call
+from .page_alloc import free_frame
+
+if TYPE_CHECKING:
+    from ._mm import Host, Mm
+
+PAGE_SIZE = 4096
+ZERO_PAGE = bytes(PAGE_SIZE)
+
+
+async def read_resident(mm: Mm, pages_in: list[int], nid: int) -> tuple[list[bytes], int]:
+    """The bytes of pages about to leave `nid`, and the cost of reading them.
+
+    Pages on DRAM/CXL are read by the CPU (their bytes come from the content
+    model); pages on a compressed node are read back from the device.
+    """
+    if pages_in and mm.pages.state[pages_in[0]] == PS_CRAM_RO:
+        node = mm.nodes[nid]
+        handles = [mm.pages.handle[p] for p in pages_in]
+        result = await node_call(mm, nid, node.client.load(handles, now_ns=mm.sched.now_ns))
+        if result is None:
+            return [], 0
+        mm.note_state(nid, result.state)
+        for page, data in zip(pages_in, result.data, strict=True):
+            if data:
+                mm.verify(page, data)
+        return [d if d else b"" for d in result.data], result.cost_ns
+    return [mm.page_bytes(p) for p in pages_in], 0
+
+
+async def pageout(
+    mm: Mm, pages_in: list[int], nid: int, host: Host
+) -> tuple[list[int], list[int], int]:
+    """Swap out isolated pages from `nid`: (swapped, kept, ns)."""
+    from .zswap import zswap_store
+
+    datas, cost = await read_resident(mm, pages_in, nid)
+    if not datas:
+        return [], [], cost
+    pages = mm.pages
+    done: list[int] = []
+    kept: list[int] = []
+    to_device: list[tuple[int, bytes]] = []
+    zswap = host.zswap
+    on_cram = pages.state[pages_in[0]] == PS_CRAM_RO
+    # Device copies on the source node, freed once their pages are safe elsewhere.
+    orig_handle = {p: pages.handle[p] for p in pages_in if pages.handle[p]}
+    src_handles: list[int] = []
+    for page, data in zip(pages_in, datas, strict=True):
+        if not data:  # the device could not give it back (poisoned)
+            kept.append(page)
+            continue
+        memcg = mm.memcgs[pages.memcg[page]]
+        if data == ZERO_PAGE:
+            # The swap layer keeps zero-filled pages in its zero bitmap: no
+            # zswap entry, no device write (mm/swapfile.c, since 6.12).
+            if page in orig_handle:
+                src_handles.append(orig_handle[page])
+            _leave_node(mm, page, nid)
+            pages.state[page] = PS_SWAP
+            pages.node[page] = -1
+            pages.handle[page] = 0
+            memcg.swap_current += PAGE_SIZE
+            host.vmstat.inc("swpout_zero")
+            done.append(page)
+            continue
+        if zswap is not None and zswap.enabled:
+            stored, c = await zswap_store(mm, zswap, page, data, memcg)
+            cost += c
+            if stored:
+                if page in orig_handle:
+                    src_handles.append(orig_handle[page])
+                _leave_node(mm, page, nid)
+                done.append(page)
+                continue
+            if not memcg.config.zswap_writeback:
+                kept.append(page)
+                continue
+        to_device.append((page, data))
+    if to_device:
+        swapped, refused, c = await swap_write(mm, host, to_device)
+        cost += c
+        for page in swapped:
+            if page in orig_handle:
+                src_handles.append(orig_handle[page])
+            _leave_node(mm, page, nid)
+        done.extend(swapped)
+        kept.extend(refused)
+    if src_handles:
+        node = mm.nodes[nid]
+        r = await node_call(mm, nid, node.client.free(src_handles, now_ns=mm.sched.now_ns))
+        if r is not None:
+            mm.note_state(nid, r.state)
+            cost += r.cost_ns
+    if on_cram:
+        host.vmstat.inc("cram_reclaim", len(done))
+    return done, kept, cost
+
+
+def _leave_node(mm: Mm, page: int, nid: int) -> None:
+    """The page no longer occupies a frame on `nid` nor counts as resident."""
+    free_frame(mm, nid)
+    uncharge(mm.memcgs[mm.pages.memcg[page]], PAGE_SIZE)
+
+
+async def swap_write(
+    mm: Mm, host: Host, items: list[tuple[int, bytes]]
+) -> tuple[list[int], list[int], int]:
+    """Write pages to the host's swap device(s): (swapped, refused, ns).
+
+    Swapped pages point at their slot; the caller releases what they left.
+    """
+    pages = mm.pages
+    remaining = items
+    swapped: list[int] = []
+    cost = 0
+    for snid in host.swap_nodes:
+        if not remaining:
+            break
+        snode = mm.nodes[snid]
+        if snode.lost:
+            continue
+        result = await node_call(
+            mm,
+            snid,
+            snode.client.store([(0, d) for _, d in remaining], now_ns=mm.sched.now_ns),
+        )
+        if result is None:
+            continue
+        mm.note_state(snid, result.state)
+        cost += result.cost_ns
+        left = []
+        for i, (page, data) in enumerate(remaining):
+            if result.codes[i] == OK:
+                memcg = mm.memcgs[pages.memcg[page]]
+                pages.state[page] = PS_SWAP
+                pages.node[page] = snid
+                pages.handle[page] = result.handles[i]
+                memcg.swap_current += PAGE_SIZE
+                memcg.stat["pswpout"] += 1
+                host.vmstat.inc("pswpout")
+                snode.nr_pages += 1
+                swapped.append(page)
+            else:
+                left.append((page, data))
+        remaining = left
+    return swapped, [p for p, _ in remaining], cost
+
+
+async def swap_in(mm: Mm, page: int, host: Host) -> tuple[bool, int]:
+    """Bring a swapped-out page's bytes back (the caller maps it): (ok, ns)."""
+    from .zswap import zswap_load
+
+    pages = mm.pages
+    state = pages.state[page]
+    memcg = mm.memcgs[pages.memcg[page]]
+    if state in (PS_ZSWAP, PS_ZSWAP_DIRECT):
+        zswap = mm.zswap_of_page(page)
+        return await zswap_load(mm, zswap, page, memcg)
+    if state != PS_SWAP:
+        raise AssertionError(f"swap_in of a page in state {state}")
+    snid = pages.node[page]
+    if snid < 0:
+        # A zero-filled page from the swap layer's zero bitmap: no I/O.
+        memcg.swap_current -= PAGE_SIZE
+        host.vmstat.inc("swpin_zero")
+        return True, 0
+    snode = mm.nodes[snid]
+    result = await node_call(
+        mm, snid, snode.client.load([pages.handle[page]], free_after=True, now_ns=mm.sched.now_ns)
+    )
+    if result is None:
+        return False, 0
+    mm.note_state(snid, result.state)
+    snode.nr_pages -= 1
+    memcg.swap_current -= PAGE_SIZE
+    if result.codes[0] != OK:
+        return False, result.cost_ns
+    mm.verify(page, result.data[0])
+    host.vmstat.inc("pswpin")
+    memcg.stat["pswpin"] += 1
+    return True, result.cost_ns

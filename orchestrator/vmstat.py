@@ -1,0 +1,64 @@
+"""Event counters under the names /proc/vmstat and memory.stat export them.
+
+Kept as plain dicts so results serialise as they are; the names are fixed
+here so a typo in a mechanism fails loudly instead of creating a new counter.
+"""
+
+from __future__ import annotations
+
+VMSTAT_EVENTS = (
+    "pgfault",
+    "pgmajfault",
+    "pgalloc",
+    "pgfree",
+    "pgactivate",
+    "pgdeactivate",
+    "pgrefill",
+    "pgscan_kswapd",
+    "pgscan_direct",
+    "pgsteal_kswapd",
+    "pgsteal_direct",
+    "pgdemote_kswapd",
+    "pgdemote_direct",
+    "pgdemote_fail",
+    "pgpromote_success",
+    "pgpromote_candidate",
+    "pgpromote_fail",
+    "numa_hint_faults",
+    "numa_pages_migrated",
+    "numa_pte_updates",
+    "pswpin",
+    "pswpout",
+    "zswpin",
+    "zswpout",
+    "zswpwb",
+    "swpout_zero",
+    "swpin_zero",
+    "allocstall",
+    "kswapd_wake",
+    "oom_kill",
+    "pgmigrate_success",
+    "pgmigrate_fail",
+    # mm/cram.c (compressed memory tier)
+    "cram_demote",
+    "cram_demote_refused",
+    "cram_write_fault",
+    "cram_promote_fail",
+    "cram_reclaim",
+    # memory failure
+    "memory_failure",
+    "sigbus",
+    "pages_lost",
+)
+
+
+class VmStat(dict[str, int]):
+    """A dict of vmstat counters that refuses names it does not know."""
+
+    def __init__(self) -> None:
+        super().__init__((name, 0) for name in VMSTAT_EVENTS)
+
+    def inc(self, name: str, n: int = 1) -> None:
+        if name not in self:
+            raise KeyError(f"unknown vmstat counter {name!r}")
+        self[name] += n

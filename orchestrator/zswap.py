@@ -1,0 +1,484 @@
+"""zswap: a compressed cache for swap pages, held in DRAM (mm/zswap.c).
+
+The store path follows mm/zswap.c in order (see KERNEL.md, "zswap"):
+
+1. zero-filled pages never get here: the swap layer marks them in its
+   zero bitmap (swap.py);
+2. disabled: the page goes to the swap device;
+3. memcg limit (memory.zswap.max): write back that cgroup's entries, reject
+   if still over;
+4. global limit with hysteresis: at the cap (max_pool_percent of RAM)
+   pool_limit_hit++ and the pool is "full"; stores are rejected until usage
+   falls to accept_threshold_percent of the cap; the shrink worker writes
+   back meanwhile;
+5. compress with lz4 on the page's real bytes; a page that does not shrink
+   is stored as-is (PAGE_SIZE) if the cgroup may write back, else rejected
+   (reject_compress_poor);
+6. allocate in the pool (zsmalloc size classes), charge the cgroup, add the
+   entry to the LRU, referenced.
+
+Loads are exclusive: the entry is freed and uncharged, the page returns to
+memory. Writeback walks cgroups round-robin from the LRU tail giving
+referenced entries a second chance.
+
+"zswap direct" (Price, RFC v3 7/8) stores whole pages on compressed memory
+nodes instead: each direct node is asked in turn (check-and-allocate); the
+first that accepts gets a plain copy; if none does, zswap compresses as
+usual. Loads copy the page back; frees notify the node. How the cgroup is
+charged for a direct page is a setting (`direct_charge`), because the review
+showed that charging PAGE_SIZE makes swap-out useless to memcg reclaim.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import lz4.block
+
+from tiersim.nodes._types import OK
+
+from ._pages import F_ZSWAP_REF, PS_SWAP, PS_ZSWAP, PS_ZSWAP_DIRECT
+from .config import ZswapTunables
+from .memcontrol import charge, uncharge
+from .migrate import node_call
+from .page_alloc import MAX_RECLAIM_RETRIES
+
+if TYPE_CHECKING:
+    from ._mm import Host, Memcg, Mm
+
+PAGE_SIZE = 4096
+# mm/zsmalloc.c for 4 KiB pages
+ZS_MIN_ALLOC_SIZE = 32
+ZS_SIZE_CLASS_DELTA = PAGE_SIZE >> 8
+ZS_MAX_PAGES_PER_ZSPAGE = 4
+
+
+def _pages_per_zspage(size: int) -> int:
+    """get_pages_per_zspage(): the zspage length that wastes least."""
+    best, best_used = 1, 0
+    for i in range(1, ZS_MAX_PAGES_PER_ZSPAGE + 1):
+        zspage = i * PAGE_SIZE
+        used = (zspage - zspage % size) * 100 // zspage
+        if used > best_used:
+            best, best_used = i, used
+    return best
+
+
+def size_class(nbytes: int) -> int:
+    """Index of the zsmalloc class serving an object of `nbytes`."""
+    if nbytes <= ZS_MIN_ALLOC_SIZE:
+        return 0
+    return -(-(nbytes - ZS_MIN_ALLOC_SIZE) // ZS_SIZE_CLASS_DELTA)
+
+
+N_CLASSES = size_class(PAGE_SIZE) + 1
+CLASS_SIZE = [min(PAGE_SIZE, ZS_MIN_ALLOC_SIZE + i * ZS_SIZE_CLASS_DELTA) for i in range(N_CLASSES)]
+CLASS_PAGES = [_pages_per_zspage(s) for s in CLASS_SIZE]
+CLASS_OBJS = [CLASS_PAGES[i] * PAGE_SIZE // CLASS_SIZE[i] for i in range(N_CLASSES)]
+
+
+@dataclass
+class ZswapStats:
+    """/sys/kernel/debug/zswap/* under their debugfs names."""
+
+    pool_limit_hit: int = 0
+    reject_reclaim_fail: int = 0
+    reject_alloc_fail: int = 0
+    reject_kmemcache_fail: int = 0
+    reject_compress_fail: int = 0
+    reject_compress_poor: int = 0
+    decompress_fail: int = 0
+    written_back_pages: int = 0
+    pool_total_size: int = 0
+    stored_pages: int = 0
+    stored_incompressible_pages: int = 0
+    # zswap direct (RFC v3 7/8)
+    stored_direct_pages: int = 0
+    direct_refused: int = 0
+
+
+@dataclass
+class Zswap:
+    """The zswap pool of one host."""
+
+    host: int
+    tunables: ZswapTunables
+    total_ram_pages: int
+    dram_node: int
+    direct_nodes: list[int]
+    enabled: bool = False
+    stats: ZswapStats = field(default_factory=ZswapStats)
+    pool_full: bool = False  # zswap_pool_reached_full
+    class_objs: list[int] = field(default_factory=lambda: [0] * N_CLASSES)
+    pool_pages: int = 0
+    # Per-memcg LRU of entries (oldest first), for writeback.
+    lru: dict[int, OrderedDict[int, None]] = field(default_factory=dict)
+    # Charged length of each entry (for uncharge), by page.
+    length: dict[int, int] = field(default_factory=dict)
+    # zswapped: original bytes of pages in the pool
+    zswapped_pages: int = 0
+    next_memcg: int = 0
+    shrink_running: bool = False
+
+    def max_pages(self) -> int:
+        """zswap_max_pages(): total RAM x max_pool_percent / 100."""
+        return self.total_ram_pages * self.tunables.max_pool_percent // 100
+
+    def accept_thr_pages(self) -> int:
+        return self.max_pages() * self.tunables.accept_threshold_percent // 100
+
+    def total_pages(self) -> int:
+        return self.pool_pages
+
+    def check_limits(self) -> bool:
+        """zswap_check_limits(): True while the pool is full (hysteresis)."""
+        cur = self.total_pages()
+        if cur >= self.max_pages():
+            self.stats.pool_limit_hit += 1
+            self.pool_full = True
+        elif self.pool_full and cur <= self.accept_thr_pages():
+            self.pool_full = False
+        return self.pool_full
+
+    def pool_bytes(self) -> int:
+        """vmstat `zswap`: compressed bytes stored in the pool."""
+        return sum(CLASS_SIZE[i] * n for i, n in enumerate(self.class_objs))
+
+
+def _pool_add(mm: Mm, zswap: Zswap, nbytes: int) -> bool:
+    """zs_malloc(): place an object, growing the pool by whole zspages from DRAM."""
+    from .page_alloc import take_frame, zone_watermark_ok
+
+    c = size_class(nbytes)
+    objs = zswap.class_objs[c]
+    if objs % CLASS_OBJS[c] == 0:
+        need = CLASS_PAGES[c]
+        dram = mm.nodes[zswap.dram_node]
+        if not zone_watermark_ok(mm, zswap.dram_node, dram.wmark.min, need):
+            return False
+        for _ in range(need):
+            take_frame(mm, zswap.dram_node)
+        zswap.pool_pages += need
+    zswap.class_objs[c] = objs + 1
+    return True
+
+
+def _pool_remove(mm: Mm, zswap: Zswap, nbytes: int) -> None:
+    """zs_free(): release an object; an emptied zspage goes back to DRAM.
+
+    Objects are assumed compacted within their class, so the pool holds
+    ceil(objects / objs_per_zspage) zspages per class.
+    """
+    from .page_alloc import free_frame
+
+    c = size_class(nbytes)
+    zswap.class_objs[c] -= 1
+    if zswap.class_objs[c] % CLASS_OBJS[c] == 0:
+        for _ in range(CLASS_PAGES[c]):
+            free_frame(mm, zswap.dram_node)
+        zswap.pool_pages -= CLASS_PAGES[c]
+
+
+def compress(tunables: ZswapTunables, data: bytes) -> int:
+    """Compressed length of a page with the configured compressor."""
+    if tunables.compressor == "lz4hc":
+        return len(lz4.block.compress(data, mode="high_compression", store_size=False))
+    return len(lz4.block.compress(data, store_size=False))
+
+
+def _direct_charge(mm: Mm, zswap: Zswap, nid: int, stored: int) -> int:
+    mode = zswap.tunables.direct_charge
+    if mode == "page":
+        return PAGE_SIZE
+    if mode == "device":
+        return max(stored, 1)
+    node = mm.nodes[nid]
+    logical = node.nr_pages * PAGE_SIZE
+    if logical <= 0 or node.physical_used_bytes <= 0:
+        return PAGE_SIZE
+    # Fuzzy: a page charged at the node's current ratio (1 GiB at 4:1 -> 256 MiB).
+    return max(1, PAGE_SIZE * node.physical_used_bytes // logical)
+
+
+async def zswap_store(
+    mm: Mm, zswap: Zswap, page: int, data: bytes, memcg: Memcg
+) -> tuple[bool, int]:
+    """Try to store a page being swapped out: (stored, ns)."""
+    pages = mm.pages
+    cost = 0
+    t = zswap.tunables
+    # 3. per-cgroup limit
+    if memcg.config.zswap_max is not None and memcg.zswap_current >= memcg.config.zswap_max:
+        if memcg.config.zswap_writeback:
+            _, c = await shrink_memcg(mm, zswap, memcg.index, 1)
+            cost += c
+        if memcg.zswap_current >= memcg.config.zswap_max:
+            return False, cost
+    # 4. global limit with hysteresis
+    if zswap.check_limits():
+        start_shrink_worker(mm, zswap)
+        return False, cost
+
+    # zswap direct: whole pages on compressed nodes, each asked in turn.
+    for nid in zswap.direct_nodes:
+        node = mm.nodes[nid]
+        if node.lost:
+            continue
+        result = await node_call(
+            mm, nid, node.client.store([(0, data)], check=True, now_ns=mm.sched.now_ns)
+        )
+        if result is None:
+            continue
+        mm.note_state(nid, result.state)
+        cost += result.cost_ns
+        if result.codes[0] != OK:
+            zswap.stats.direct_refused += 1
+            continue
+        length = _direct_charge(mm, zswap, nid, result.stored_bytes[0])
+        node.nr_pages += 1
+        pages.state[page] = PS_ZSWAP_DIRECT
+        pages.node[page] = nid
+        pages.handle[page] = result.handles[0]
+        pages.zsize[page] = min(result.stored_bytes[0], 0xFFFF)
+        zswap.stats.stored_direct_pages += 1
+        memcg.stat["zswap_direct_charged"] += length
+        _account_store(mm, zswap, page, memcg, length)
+        return True, cost
+
+    # 5. compress
+    clen = compress(t, data)
+    cost += int(mm.costs.lz4_compress_ns_per_byte * PAGE_SIZE)
+    if clen >= PAGE_SIZE:
+        if not memcg.config.zswap_writeback:
+            zswap.stats.reject_compress_poor += 1
+            return False, cost
+        clen = PAGE_SIZE
+        zswap.stats.stored_incompressible_pages += 1
+    # 6. allocate in the pool
+    if not _pool_add(mm, zswap, clen):
+        zswap.stats.reject_alloc_fail += 1
+        if clen == PAGE_SIZE:
+            zswap.stats.stored_incompressible_pages -= 1
+        return False, cost
+    pages.state[page] = PS_ZSWAP
+    pages.node[page] = -1
+    pages.handle[page] = 0
+    pages.zsize[page] = clen if clen < PAGE_SIZE else 0xFFFF
+    _account_store(mm, zswap, page, memcg, clen)
+    return True, cost
+
+
+def _account_store(mm: Mm, zswap: Zswap, page: int, memcg: Memcg, length: int) -> None:
+    charge(memcg, length)
+    memcg.zswap_current += length
+    zswap.length[page] = length
+    zswap.stats.stored_pages += 1
+    zswap.zswapped_pages += 1
+    mm.pages.flags[page] |= F_ZSWAP_REF
+    zswap.lru.setdefault(memcg.index, OrderedDict())[page] = None
+    mm.hosts[zswap.host].vmstat.inc("zswpout")
+    memcg.stat["zswpout"] += 1
+
+
+async def _entry_free(mm: Mm, zswap: Zswap, page: int, memcg: Memcg) -> int:
+    """zswap_entry_free(): drop the entry, uncharge, free pool or node space."""
+    pages = mm.pages
+    length = zswap.length.pop(page)
+    zswap.lru[memcg.index].pop(page, None)
+    uncharge(memcg, length)
+    memcg.zswap_current -= length
+    zswap.stats.stored_pages -= 1
+    zswap.zswapped_pages -= 1
+    pages.flags[page] &= ~F_ZSWAP_REF & 0xFF
+    if pages.state[page] == PS_ZSWAP_DIRECT:
+        zswap.stats.stored_direct_pages -= 1
+        return 0
+    zs = pages.zsize[page]
+    nbytes = PAGE_SIZE if zs == 0xFFFF else zs
+    if nbytes == PAGE_SIZE:
+        zswap.stats.stored_incompressible_pages -= 1
+    _pool_remove(mm, zswap, nbytes)
+    return 0
+
+
+async def zswap_load(mm: Mm, zswap: Zswap, page: int, memcg: Memcg) -> tuple[bool, int]:
+    """Exclusive load: decompress (or copy from the direct node), free the entry."""
+    pages = mm.pages
+    host = mm.hosts[zswap.host]
+    cost = 0
+    if pages.state[page] == PS_ZSWAP_DIRECT:
+        nid = pages.node[page]
+        node = mm.nodes[nid]
+        result = await node_call(
+            mm,
+            nid,
+            node.client.load([pages.handle[page]], free_after=True, now_ns=mm.sched.now_ns),
+        )
+        if result is None:
+            return False, 0
+        mm.note_state(nid, result.state)
+        node.nr_pages -= 1
+        cost += result.cost_ns
+        if result.codes[0] != OK:
+            zswap.stats.decompress_fail += 1
+            await _entry_free(mm, zswap, page, memcg)
+            return False, cost
+        mm.verify(page, result.data[0])
+    else:
+        zs = pages.zsize[page]
+        if zs != 0xFFFF:
+            cost += int(mm.costs.lz4_decompress_ns_per_byte * PAGE_SIZE)
+    await _entry_free(mm, zswap, page, memcg)
+    host.vmstat.inc("zswpin")
+    memcg.stat["zswpin"] += 1
+    return True, cost
+
+
+async def zswap_invalidate(mm: Mm, zswap: Zswap, page: int) -> None:
+    """Drop an entry whose page is gone (process exit, node loss)."""
+    memcg = mm.memcgs[mm.pages.memcg[page]]
+    if mm.pages.state[page] == PS_ZSWAP_DIRECT:
+        nid = mm.pages.node[page]
+        node = mm.nodes[nid]
+        if not node.lost:
+            r = await node_call(mm, nid, node.client.free([mm.pages.handle[page]]))
+            if r is not None:
+                mm.note_state(nid, r.state)
+        node.nr_pages -= 1
+    await _entry_free(mm, zswap, page, memcg)
+
+
+async def writeback_entry(mm: Mm, zswap: Zswap, page: int, memcg: Memcg) -> tuple[bool, int]:
+    """zswap_writeback_entry(): decompress and write the page to the swap device."""
+    from .swap import swap_write
+
+    host = mm.hosts[zswap.host]
+    pages = mm.pages
+    data = mm.page_bytes(page)
+    cost = int(mm.costs.lz4_decompress_ns_per_byte * PAGE_SIZE)
+    state = pages.state[page]
+    if state == PS_ZSWAP_DIRECT:
+        nid = pages.node[page]
+        node = mm.nodes[nid]
+        result = await node_call(
+            mm,
+            nid,
+            node.client.load([pages.handle[page]], free_after=True, now_ns=mm.sched.now_ns),
+        )
+        if result is None:
+            return False, 0
+        node.nr_pages -= 1
+        mm.note_state(nid, result.state)
+        cost = result.cost_ns
+    # Free the entry first (it holds the page's charge), then write.
+    await _entry_free(mm, zswap, page, memcg)
+    swapped, refused, c = await swap_write(mm, host, [(page, data)])
+    cost += c
+    if refused:
+        # No swap space: the page's data is still known to the engine; keep
+        # it in zswap as before.
+        pages.state[page] = PS_ZSWAP
+        clen = compress(zswap.tunables, data)
+        clen = min(clen, PAGE_SIZE)
+        _pool_add(mm, zswap, clen)
+        pages.zsize[page] = clen if clen < PAGE_SIZE else 0xFFFF
+        if clen == PAGE_SIZE:
+            zswap.stats.stored_incompressible_pages += 1
+        _account_store(mm, zswap, page, memcg, clen)
+        host.vmstat["zswpout"] -= 1
+        memcg.stat["zswpout"] -= 1
+        zswap.stats.reject_reclaim_fail += 1
+        return False, cost
+    zswap.stats.written_back_pages += 1
+    host.vmstat.inc("zswpwb")
+    memcg.stat["zswpwb"] += 1
+    return True, cost
+
+
+async def shrink_memcg(mm: Mm, zswap: Zswap, memcg_index: int, nr: int) -> tuple[int, int]:
+    """Write back up to nr entries of one cgroup, second chance for referenced ones."""
+    memcg = mm.memcgs[memcg_index]
+    if not memcg.config.zswap_writeback:
+        return 0, 0
+    lru = zswap.lru.get(memcg_index)
+    if not lru:
+        return 0, 0
+    flags = mm.pages.flags
+    done = 0
+    cost = 0
+    scanned = 0
+    limit = 2 * len(lru)
+    while lru and done < nr and scanned < limit:
+        page = next(iter(lru))
+        scanned += 1
+        if flags[page] & F_ZSWAP_REF:
+            flags[page] &= ~F_ZSWAP_REF & 0xFF
+            lru.move_to_end(page)
+            continue
+        ok, c = await writeback_entry(mm, zswap, page, memcg)
+        cost += c
+        if not ok:
+            break
+        done += 1
+    return done, cost
+
+
+def start_shrink_worker(mm: Mm, zswap: Zswap) -> None:
+    """shrink_worker(): write back, round-robin over cgroups, to the accept threshold."""
+    if zswap.shrink_running:
+        return
+    zswap.shrink_running = True
+    failures = 0
+
+    async def step() -> None:
+        nonlocal failures
+        if mm.stopped or zswap.total_pages() <= zswap.accept_thr_pages():
+            zswap.shrink_running = False
+            return
+        memcgs = sorted(i for i, lru in zswap.lru.items() if lru)
+        if not memcgs:
+            zswap.shrink_running = False
+            return
+        idx = memcgs[zswap.next_memcg % len(memcgs)]
+        zswap.next_memcg += 1
+        done, cost = await shrink_memcg(mm, zswap, idx, 32)
+        if done == 0:
+            failures += 1
+            if failures >= MAX_RECLAIM_RETRIES:
+                zswap.shrink_running = False
+                return
+        mm.sched.after(max(cost, 1_000), step, "zswap_shrink")
+
+    mm.sched.after(0, step, "zswap_shrink")
+
+
+async def zswap_shrinker_scan(mm: Mm, host: Host, scanned: int, lru_pages: int) -> int:
+    """The zswap shrinker, run from reclaim when shrinker_enabled (shrink_slab).
+
+    Writes back a share of each cgroup's entries in proportion to the share
+    of the LRU that reclaim just scanned.
+    """
+    zswap = host.zswap
+    if zswap is None or not zswap.tunables.shrinker_enabled or lru_pages <= 0:
+        return 0
+    cost = 0
+    for idx in sorted(zswap.lru):
+        entries = len(zswap.lru[idx])
+        nr = entries * scanned // lru_pages
+        if nr:
+            _, c = await shrink_memcg(mm, zswap, idx, nr)
+            cost += c
+    return cost
+
+
+__all__ = [
+    "PS_SWAP",
+    "Zswap",
+    "ZswapStats",
+    "zswap_invalidate",
+    "zswap_load",
+    "zswap_shrinker_scan",
+    "zswap_store",
+]
