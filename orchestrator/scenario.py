@@ -73,7 +73,6 @@ FAULT_ACTIONS = ("kill",)
 COMPRESSORS = ("lz4", "lz4hc")
 CHARGE_MODES = ("page", "device", "fuzzy")
 ON_NODE_LOSS = ("continue", "stop")
-OVERFLOW_MODES = ("poison", "machine-check")
 # SLIT distances are one byte; 10 means local and 255 unreachable.
 LOCAL_DISTANCE = 10
 MAX_DISTANCE = 254
@@ -105,23 +104,32 @@ class _ListOf:
     entry: dict[str, Any]
 
 
+# Keys of `nodes._config` (the node server's own configuration), which the
+# engine passes embedded nodes unchanged. `latency` overrides fields of the
+# node's LatencyProfile.
+LATENCY_KEYS = (
+    "read_base_ns",
+    "write_base_ns",
+    "per_cacheline_ns",
+    "compress_ns_per_byte",
+    "decompress_ns_per_byte",
+    "bandwidth_bytes_per_sec",
+    "jitter_sigma",
+    "source",
+)
 _NODE_OPTIONS: dict[str, Any] = {
-    k: LEAF
-    for k in (
-        "overflow",
-        "low_watermark",
-        "high_watermark",
-        "seed",
-        "per_page_overhead",
-        "max_batch_pages",
-        "read_latency",
-        "write_latency",
-        "per_cacheline_ns",
-        "compress_ns_per_byte",
-        "decompress_ns_per_byte",
-        "bandwidth",
-        "jitter_sigma",
-    )
+    **dict.fromkeys(
+        (
+            "overflow",
+            "low_watermark",
+            "high_watermark",
+            "per_page_overhead",
+            "max_batch_pages",
+            "seed",
+        ),
+        LEAF,
+    ),
+    "latency": dict.fromkeys(LATENCY_KEYS, LEAF),
 }
 
 
@@ -445,7 +453,7 @@ def _no_origin(keys: tuple[str, ...]) -> tuple[str | None, int | None]:
 
 
 def _did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """ " (did you mean 'x'?)" when a choice is close to `word`, else ""."""
+    """A hint like ` (did you mean 'x'?)` when a choice is close to `word`, else ""."""
     close = difflib.get_close_matches(word, sorted(set(choices)), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -472,7 +480,7 @@ class _At:
         return _At((*self.path, segment), _join_key(self.key, segment))
 
     def entry(self, index: int, name: object) -> _At:
-        if isinstance(name, str) and name:
+        if isinstance(name, str) and name.strip():
             return _At((*self.path, index), _join_key(self.key, name))
         return self.indexed(index)
 
@@ -633,7 +641,6 @@ def parse_override(text: str) -> tuple[str, object]:
 
 _REQUIRED: Any = object()
 _DURATION_RE = re.compile(r"^\s*\d+(?:\.\d+)?\s*(ns|us|µs|ms|s)\s*$")
-_PERCENT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 
 
 def _describe(value: object) -> str:
@@ -669,6 +676,15 @@ def _spec_validators() -> tuple[Callable[..., Any] | None, Callable[..., Any] | 
     return found[0], found[1]
 
 
+def _device_validator() -> Callable[[Mapping[str, Any], Any], Any] | None:
+    """The node server's configuration builder, if the nodes package imports."""
+    try:
+        module = importlib.import_module("tiersim.nodes._config")
+    except ImportError:
+        return None
+    return getattr(module, "build_node_config", None)
+
+
 class _RunBuilder:
     """Validates one effective document (base plus overrides) into a RunConfig.
 
@@ -684,8 +700,11 @@ class _RunBuilder:
         locator: _Locator,
         overrides: Sequence[_Override] = (),
         variant: str | None = None,
+        checked: dict[str, str | None] | None = None,
     ) -> None:
         self.raw = raw
+        # Outcomes of spec checks, shared by the runs of one scenario.
+        self.checked: dict[str, str | None] = {} if checked is None else checked
         self.source = source
         self.locator = locator
         self.overrides = overrides
@@ -869,7 +888,7 @@ class _RunBuilder:
         for n, (at, entry) in enumerate(self.entries(key)):
             name = self.name(entry, at)
             if name in seen:
-                first = self.locator.line((key, seen[name]))
+                first = self.locator.line((key, seen[name], "name"))
                 also = f" (first defined at line {first})" if first else ""
                 self.fail((ROOT / key).indexed(n) / "name", f"duplicate {kind} name {name!r}{also}")
             seen[name] = n
@@ -1055,6 +1074,13 @@ class _RunBuilder:
             capacity = self.size(entry, at, "capacity", positive=True)
             assert capacity is not None
             advertised = physical = capacity
+        size_key = "advertised" if kind == "cram" else "capacity"
+        if advertised % PAGE_SIZE:
+            # Nodes hand out whole pages; a ragged end would be capacity nobody can use.
+            self.fail(
+                at / size_key,
+                f"{size_key} ({advertised} bytes) must be a whole number of {PAGE_SIZE}-byte pages",
+            )
 
         address = None
         if "address" in entry:
@@ -1074,7 +1100,9 @@ class _RunBuilder:
                     at / "options",
                     "options configure embedded nodes; a node at an address runs with its own",
                 )
-            options = self.node_options(at / "options", entry["options"], kind, physical)
+            options = copy.deepcopy(entry["options"])
+        if address is None:
+            self.check_device(at, kind, name, advertised, physical, options)
         return NodeConfig(
             name=name,
             kind=cast(NodeKindName, kind),  # checked against NODE_KINDS
@@ -1086,85 +1114,34 @@ class _RunBuilder:
             options=options,
         )
 
-    def node_options(
-        self, at: _At, opts: Mapping[str, Any], kind: str, physical: int
-    ) -> dict[str, Any]:
-        """Device options, converted to the units and names of the node's
-        `NodeInfo` fields (bytes, ns), so a device model takes them as they are."""
-        out: dict[str, Any] = {}
-        if "overflow" in opts:
-            if kind != "cram":
-                self.fail(at / "overflow", "overflow applies to cram nodes only")
-            mode = self.string(opts, at, "overflow").replace("_", "-")
-            if mode not in OVERFLOW_MODES:
-                self.fail(
-                    at / "overflow",
-                    f"overflow must be poison or machine-check, got {_describe(opts['overflow'])}",
-                )
-            out["overflow_mode"] = mode
-        for key, out_key in (
-            ("low_watermark", "low_free_bytes"),
-            ("high_watermark", "high_free_bytes"),
-        ):
-            if key in opts:
-                out[out_key] = self.watermark(at, opts, key, physical)
-        if out.get("low_free_bytes", 0) > out.get("high_free_bytes", physical):
-            self.fail(
-                [at / "low_watermark", at / "high_watermark"],
-                "low_watermark must not be above high_watermark",
-            )
-        if "seed" in opts:
-            out["seed"] = self.integer(opts, at, "seed", lo=0, hi=U64_MAX)
-        if "per_page_overhead" in opts:
-            out["per_page_overhead_bytes"] = self.size(opts, at, "per_page_overhead")
-        if "max_batch_pages" in opts:
-            out["max_batch_pages"] = self.integer(opts, at, "max_batch_pages", lo=1)
-        if "read_latency" in opts:
-            out["read_base_ns"] = self.duration(opts, at, "read_latency")
-        if "write_latency" in opts:
-            out["write_base_ns"] = self.duration(opts, at, "write_latency")
-        for key in (
-            "per_cacheline_ns",
-            "compress_ns_per_byte",
-            "decompress_ns_per_byte",
-            "jitter_sigma",
-        ):
-            if key in opts:
-                out[key] = self.number(opts, at, key)
-        if "bandwidth" in opts:
-            value = opts["bandwidth"]
-            if isinstance(value, str) and value.rstrip().endswith("/s"):
-                value = value.rstrip()[:-2]
-            out["bandwidth_bytes_per_sec"] = self.size(
-                {"bandwidth": value}, at, "bandwidth", positive=True
-            )
-        return out
+    def check_device(
+        self, at: _At, kind: str, name: str, advertised: int, physical: int, options: dict[str, Any]
+    ) -> None:
+        """Have the node's own configuration builder check an embedded node.
 
-    def watermark(self, at: _At, opts: Mapping[str, Any], key: str, physical: int) -> int:
-        """Free physical bytes from "2%" (of the media) or a size."""
-        value = opts[key]
-        m = _PERCENT_RE.match(value) if isinstance(value, str) else None
-        if m:
-            percent = float(m.group(1))
-            if percent > 100:
-                self.fail(
-                    at / key,
-                    f"{key} must be a percentage between 0 and 100, got {_describe(value)}",
-                )
-            return int(physical * percent / 100)
-        if not isinstance(value, str | int) or isinstance(value, bool):
-            self.fail(
-                at / key, f"{key} must be a percentage like 2% or a size, got {_describe(value)}"
-            )
-        try:
-            size = parse_size(value)
-        except ValueError:
-            self.fail(
-                at / key, f"{key} must be a percentage like 2% or a size, got {_describe(value)}"
-            )
-        if size > physical:
-            self.fail(at / key, f"{key} ({format_size(size)}) is larger than the node's media")
-        return size
+        The engine hands `options` to that builder unchanged when it starts
+        the node, so asking it now is the only way to be sure the run will
+        not fail later (whole pages, watermarks, per-page overhead ...).
+        """
+        build = _device_validator()
+        if build is None:
+            return
+        values: dict[str, Any] = {"kind": kind, "name": name, "advertised": advertised, **options}
+        if kind == "cram":
+            values["physical"] = physical
+
+        def error(key: str, message: str) -> NoReturn:
+            head = key.split(".", 1)[0]
+            if head == "advertised":
+                self.fail(at / ("advertised" if kind == "cram" else "capacity"), message)
+            if head in ("kind", "name", "physical"):
+                self.fail(at / head, message)
+            where = at / "options"
+            for segment in key.split("."):
+                where = where / segment
+            self.fail(where, message)
+
+        build(values, error)
 
     def tunables(self, nodes: Sequence[NodeConfig]) -> Tunables:
         at = ROOT / "tunables"
@@ -1335,20 +1312,18 @@ class _RunBuilder:
                 )
             pages = -(-footprint // PAGE_SIZE)
             if make_workload is not None:
-                try:
-                    make_workload(copy.deepcopy(pattern), pages, seed)
-                except ValueError as exc:
-                    self.fail(at / "pattern", f"pattern: {exc}", within=True)
+                problem = self.spec_problem(make_workload, pattern, pages, seed)
+                if problem is not None:
+                    self.fail(at / "pattern", problem, within=True)
             elif (kind := pattern["kind"]) not in PATTERN_KINDS:
                 self.fail(
                     at / "pattern" / "kind",
                     f"unknown pattern kind {kind!r}{_suggest(kind, PATTERN_KINDS)}",
                 )
             if make_content is not None:
-                try:
-                    make_content(copy.deepcopy(content))
-                except ValueError as exc:
-                    self.fail(at / "content", f"content: {exc}", within=True)
+                problem = self.spec_problem(make_content, content)
+                if problem is not None:
+                    self.fail(at / "content", problem, within=True)
             out.append(
                 WorkloadConfig(
                     name=entry["name"],
@@ -1362,6 +1337,23 @@ class _RunBuilder:
                 )
             )
         return tuple(out)
+
+    def spec_problem(self, build: Callable[..., Any], *args: Any) -> str | None:
+        """What `build(*args)` objects to (its ValueError), or None.
+
+        Building a workload can be costly (a Zipf pattern holds 16 bytes per
+        page), and variants mostly share their specs, so each distinct call
+        is made once per scenario.
+        """
+        key = json.dumps([build.__qualname__, *args], sort_keys=True, default=str)
+        if key not in self.checked:
+            try:
+                build(*copy.deepcopy(args))
+            except ValueError as exc:
+                self.checked[key] = str(exc)
+            else:
+                self.checked[key] = None
+        return self.checked[key]
 
     def pattern(self, at: _At, spec: object) -> dict[str, Any]:
         """The pattern spec with its kind checked and durations in ns.
@@ -1442,44 +1434,52 @@ def loads_scenario(
     """
     raw = _parse_toml(text, source)
     locator = _Locator(text)
-    check = _RunBuilder(raw, source=source, locator=locator)
-    check.check_structure(raw, SCHEMA, ROOT)
+    checked: dict[str, str | None] = {}
 
+    def builder(
+        doc: Mapping[str, Any], overrides: Sequence[_Override] = (), variant: str | None = None
+    ) -> _RunBuilder:
+        return _RunBuilder(
+            doc,
+            source=source,
+            locator=locator,
+            overrides=overrides,
+            variant=variant,
+            checked=checked,
+        )
+
+    # The shape must be right before override paths can be resolved in it.
+    builder(raw).check_structure(raw, SCHEMA, ROOT)
     cli = _resolve_overrides(raw, overrides, lambda keys: (OVERRIDE_SOURCE, None))
     base_raw = _apply(raw, cli)
-    base, name, description, question = _RunBuilder(
-        base_raw, source=source, locator=locator, overrides=cli
-    ).build()
+    base_builder = builder(base_raw, cli)
+    base, name, description, question = base_builder.build()
 
-    variant_entries = _RunBuilder(base_raw, source=source, locator=locator).entries("variants")
-    if not variant_entries:
-        runs: tuple[RunConfig, ...] = (base,)
+    variant_entries = base_builder.entries("variants")
+    runs: list[RunConfig] = []
+    if variant_entries:
+        base_builder.unique_names("variants", "variant")
     else:
-        check.unique_names("variants", "variant")
-        built = []
-        for at, entry in variant_entries:
-            variant_name = entry["name"]
-            sets = entry.get("set", {})
-            if not isinstance(sets, dict):
-                check.fail(at / "set", f"set must be a table of overrides, got {_describe(sets)}")
-            set_path: KeyPath = (*at.path, "set")
+        runs.append(base)
+    for at, entry in variant_entries:
+        sets = entry.get("set", {})
+        if not isinstance(sets, dict):
+            base_builder.fail(
+                at / "set", f"set must be a table of overrides, got {_describe(sets)}"
+            )
+        set_path: KeyPath = (*at.path, "set")
 
-            def origin(
-                keys: tuple[str, ...], set_path: KeyPath = set_path
-            ) -> tuple[str | None, int | None]:
-                return source, locator.line((*set_path, *keys))
+        def origin(
+            keys: tuple[str, ...], set_path: KeyPath = set_path
+        ) -> tuple[str | None, int | None]:
+            return source, locator.line((*set_path, *keys))
 
-            own = _resolve_overrides(base_raw, sets, origin)
-            run, *_ = _RunBuilder(
-                _apply(base_raw, own),
-                source=source,
-                locator=locator,
-                overrides=[*cli, *own],
-                variant=variant_name,
-            ).build(run_name=variant_name)
-            built.append(run)
-        runs = tuple(built)
-    return Scenario(name=name, description=description, question=question, path=None, variants=runs)
+        own = _resolve_overrides(base_raw, sets, origin)
+        variant = builder(_apply(base_raw, own), [*cli, *own], entry["name"])
+        runs.append(variant.build(run_name=entry["name"])[0])
+    return Scenario(
+        name=name, description=description, question=question, path=None, variants=tuple(runs)
+    )
 
 
 def load_scenario(path: str | Path, overrides: Mapping[str, object] = _NO_OVERRIDES) -> Scenario:
