@@ -145,6 +145,10 @@ class Process:
     chunk_gaps: Any = None
     chunk_pos: int = 0
     chunk_len: int = 0
+    window: int = 64
+    chunk_lists: Any = None
+    # Accesses served by each node (numpy int64 array indexed by node id).
+    node_hits: Any = None
 
 
 @dataclass
@@ -191,6 +195,8 @@ class Mm:
         self.distances: list[dict[int, int]] = []
         # Resident access latency, ns: latency_table[node id, is_write].
         self.latency_table: Any = None
+        # The same as nested lists, for scalar lookups.
+        self.latency_rows: list[list[int]] = []
         self.corrupt_pages = 0
         self.pressure_changes: list[tuple[int, str, int]] = []
 

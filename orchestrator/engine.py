@@ -138,6 +138,7 @@ class Simulation:
         for node in mm.nodes:
             table[node.id] = (node.read_ns, node.write_ns)
         mm.latency_table = table
+        mm.latency_rows = table.tolist()
 
         # Hosts: their nodes, tiers, zonelists, watermarks and zswap.
         for hi, hcfg in enumerate(cfg.hosts):
@@ -222,6 +223,7 @@ class Simulation:
                 clock_ns=w.start_ns,
             )
             proc.latency = LatencyHistogram()
+            proc.node_hits = np.zeros(len(mm.nodes), dtype=np.int64)
             mm.procs.append(proc)
             base += npages
         mm.init_pages(base)
@@ -315,6 +317,9 @@ class Simulation:
                 "writes": p.writes,
                 "sim_time_ns": p.clock_ns,
                 "killed": p.killed,
+                "accesses_by_node": {
+                    mm.nodes[i].name: int(c) for i, c in enumerate(p.node_hits) if c
+                },
                 "latency": p.latency.summary(),
             }
         nodes: dict[str, Any] = {}

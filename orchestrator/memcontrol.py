@@ -35,11 +35,11 @@ async def try_charge(mm: Mm, memcg: Memcg, nbytes: int = PAGE_SIZE) -> tuple[boo
 
     Returns (charged, time spent reclaiming in ns).
     """
-    from .vmscan import try_to_free_mem_cgroup_pages
-
     limit = memcg.config.memory_max
     spent = 0
     if limit is not None and memcg.current + nbytes > limit:
+        from .vmscan import try_to_free_mem_cgroup_pages
+
         memcg.events["max"] += 1
         retries = MAX_RECLAIM_RETRIES
         while memcg.current + nbytes > limit:
@@ -59,11 +59,11 @@ async def try_charge(mm: Mm, memcg: Memcg, nbytes: int = PAGE_SIZE) -> tuple[boo
 
 async def handle_over_high(mm: Mm, memcg: Memcg) -> int:
     """mem_cgroup_handle_over_high(): reclaim what exceeds memory.high."""
-    from .vmscan import try_to_free_mem_cgroup_pages
-
     high = memcg.config.memory_high
     if high is None or memcg.current <= high:
         return 0
+    from .vmscan import try_to_free_mem_cgroup_pages
+
     memcg.events["high"] += 1
     need = (memcg.current - high + PAGE_SIZE - 1) // PAGE_SIZE
     _, cost = await try_to_free_mem_cgroup_pages(mm, memcg, need)

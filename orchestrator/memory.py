@@ -36,7 +36,10 @@ from ._pages import (
 )
 from .memcontrol import handle_over_high, try_charge, uncharge
 from .numa_balancing import migrate_balanced, should_promote, tiering_mode
+from .migrate import node_call, promote_page
 from .page_alloc import alloc_page, free_frame, take_frame
+from .swap import swap_in
+from .vmscan import wakeup_kswapd
 
 if TYPE_CHECKING:
     from ._mm import Host, Mm, Process
@@ -46,10 +49,19 @@ CHUNK = 4096
 # A process runs at most this much simulated time before yielding to other
 # events (kswapd, scanners, other processes).
 QUANTUM_NS = 200_000
+# Below this look-ahead window, accesses are handled one at a time.
+SCALAR_WINDOW = 16
 
 
 async def run_step(mm: Mm, proc: Process) -> None:
-    """Run one quantum of a process's accesses, then reschedule it."""
+    """Run one quantum of a process's accesses, then reschedule it.
+
+    Two modes share the work. While accesses mostly hit mapped pages, they
+    are handled vectorised over a window that doubles as long as every
+    access in it is resident. When faults are frequent the window shrinks,
+    and below SCALAR_WINDOW accesses are handled one by one in plain
+    Python, which is cheaper than numpy calls on a handful of elements.
+    """
     pages = mm.pages
     state_np = pages.state_np
     flags_np = pages.flags_np
@@ -68,14 +80,21 @@ async def run_step(mm: Mm, proc: Process) -> None:
             proc.chunk_pages = chunk.pages.astype(np.int64) + proc.base
             proc.chunk_writes = chunk.writes.astype(bool)
             proc.chunk_gaps = chunk.gap_ns.astype(np.int64)
+            proc.chunk_lists = None
             proc.chunk_pos = 0
             proc.chunk_len = len(chunk.pages)
+        if proc.window <= SCALAR_WINDOW:
+            if await _run_scalar(mm, proc, deadline):
+                break
+            continue
         pos = proc.chunk_pos
-        g = proc.chunk_pages[pos:]
-        w = proc.chunk_writes[pos:]
+        win = proc.window
+        g = proc.chunk_pages[pos : pos + win]
+        w = proc.chunk_writes[pos : pos + win]
         st = state_np[g]
         ok = ((st == PS_MAPPED) | ((st == PS_CRAM_RO) & ~w)) & ((flags_np[g] & F_PROTNONE) == 0)
         k = len(ok) if ok.all() else int(np.argmin(ok))
+        proc.window = min(win * 2, CHUNK) if k == len(ok) else max(win // 4, 1)
         if k:
             gk = g[:k]
             wk = w[:k]
@@ -86,6 +105,7 @@ async def run_step(mm: Mm, proc: Process) -> None:
             gm = gk[:m]
             wm = wk[:m]
             flags_np[gm] |= F_YOUNG
+            proc.node_hits += np.bincount(node_np[gm], minlength=len(proc.node_hits))
             written = gm[wm]
             if written.size:
                 np.add.at(pages.version_np, written, 1)
@@ -97,24 +117,86 @@ async def run_step(mm: Mm, proc: Process) -> None:
             proc.accesses += m
             proc.chunk_pos += m
             continue
-        # The access at `pos` needs the kernel.
-        page = int(g[0])
-        write = bool(w[0])
-        proc.clock_ns += int(proc.chunk_gaps[pos])
-        mm.sched.now_ns = max(mm.sched.now_ns, proc.clock_ns)
-        cost = await handle_mm_fault(mm, proc, page, write)
-        proc.chunk_pos += 1
-        if cost < 0:  # the process was killed
+        if await _fault_at_pos(mm, proc):
             break
-        proc.clock_ns += cost
-        hist.add(cost)
-        proc.accesses += 1
-        if write:
-            proc.writes += 1
-        else:
-            proc.reads += 1
     if not proc.done and not mm.stopped and proc.killed is None:
         mm.sched.at(proc.clock_ns, lambda: run_step(mm, proc), f"proc{proc.index}")
+
+
+async def _fault_at_pos(mm: Mm, proc: Process) -> bool:
+    """Take the fault path for the access at the chunk position; True if killed."""
+    pos = proc.chunk_pos
+    page = int(proc.chunk_pages[pos])
+    write = bool(proc.chunk_writes[pos])
+    proc.clock_ns += int(proc.chunk_gaps[pos])
+    mm.sched.now_ns = max(mm.sched.now_ns, proc.clock_ns)
+    cost = await handle_mm_fault(mm, proc, page, write)
+    proc.chunk_pos += 1
+    if cost < 0:
+        return True
+    proc.clock_ns += cost
+    proc.latency.add(cost)
+    nid = mm.pages.node[page]
+    if nid >= 0:
+        proc.node_hits[nid] += 1
+    proc.accesses += 1
+    if write:
+        proc.writes += 1
+    else:
+        proc.reads += 1
+    return False
+
+
+async def _run_scalar(mm: Mm, proc: Process, deadline: int) -> bool:
+    """Handle accesses one at a time until a run of hits earns the vector path back.
+
+    Returns True when the process was killed.
+    """
+    if proc.chunk_lists is None:
+        proc.chunk_lists = (
+            proc.chunk_pages.tolist(),
+            proc.chunk_writes.tolist(),
+            proc.chunk_gaps.tolist(),
+        )
+    plist, wlist, glist = proc.chunk_lists
+    pages = mm.pages
+    state = pages.state
+    flags = pages.flags
+    node = pages.node
+    version = pages.version
+    lat = mm.latency_rows
+    hist = proc.latency
+    hits_by_node = proc.node_hits
+    hits = 0
+    while proc.chunk_pos < proc.chunk_len and proc.clock_ns < deadline:
+        pos = proc.chunk_pos
+        page = plist[pos]
+        write = wlist[pos]
+        st = state[page]
+        f = flags[page]
+        if (st == PS_MAPPED or (st == PS_CRAM_RO and not write)) and not f & F_PROTNONE:
+            flags[page] = f | F_YOUNG
+            if write:
+                version[page] += 1
+                proc.writes += 1
+            else:
+                proc.reads += 1
+            nid = node[page]
+            cost = lat[nid][write]
+            hits_by_node[nid] += 1
+            proc.clock_ns += glist[pos] + cost
+            hist.add(cost)
+            proc.accesses += 1
+            proc.chunk_pos += 1
+            hits += 1
+            if hits >= 2 * SCALAR_WINDOW:
+                proc.window = 2 * SCALAR_WINDOW
+                return False
+            continue
+        hits = 0
+        if await _fault_at_pos(mm, proc):
+            return True
+    return False
 
 
 def _access(mm: Mm, page: int, write: bool) -> int:
@@ -123,7 +205,7 @@ def _access(mm: Mm, page: int, write: bool) -> int:
     pages.flags[page] |= F_YOUNG
     if write:
         pages.version[page] += 1
-    return int(mm.latency_table[pages.node[page], int(write)])
+    return mm.latency_rows[pages.node[page]][write]
 
 
 async def handle_mm_fault(mm: Mm, proc: Process, page: int, write: bool) -> int:
@@ -187,8 +269,6 @@ async def do_anonymous_page(mm: Mm, proc: Process, host: Host, page: int) -> int
 
 async def do_swap_page(mm: Mm, proc: Process, host: Host, page: int) -> int:
     """Major fault: bring the page back from zswap or swap into local memory."""
-    from .swap import swap_in
-
     memcg = mm.memcgs[proc.memcg]
     ok, cost = await try_charge(mm, memcg, PAGE_SIZE)
     if not ok:
@@ -220,8 +300,6 @@ async def do_swap_page(mm: Mm, proc: Process, host: Host, page: int) -> int:
 
 async def do_numa_page(mm: Mm, proc: Process, host: Host, page: int) -> int:
     """A NUMA hint fault; promote the page if it is hot enough."""
-    from .migrate import promote_page
-
     pages = mm.pages
     pages.flags[page] &= ~F_PROTNONE & 0xFF
     host.vmstat.inc("numa_hint_faults")
@@ -235,8 +313,6 @@ async def do_numa_page(mm: Mm, proc: Process, host: Host, page: int) -> int:
         return cost
     if not migrate_balanced(mm, dst):
         # Target short of memory: wake kswapd there and try again later.
-        from .vmscan import wakeup_kswapd
-
         wakeup_kswapd(mm, dst)
         host.vmstat.inc("pgpromote_fail")
         return cost
@@ -254,8 +330,6 @@ async def do_numa_page(mm: Mm, proc: Process, host: Host, page: int) -> int:
 
 async def do_cram_wp_fault(mm: Mm, proc: Process, host: Host, page: int) -> int:
     """mm/cram.c: a write to a read-only compressed page promotes it to local DRAM."""
-    from .migrate import promote_page
-
     host.vmstat.inc("cram_write_fault")
     cost = mm.costs.wp_fault_ns
     nid, c = await alloc_page(mm, host)
@@ -288,8 +362,6 @@ async def _forget_page(mm: Mm, page: int) -> None:
     if nid >= 0 and state in (PS_POISONED, PS_MAPPED, PS_CRAM_RO):
         node = mm.nodes[nid]
         if pages.handle[page] and not node.lost:
-            from .migrate import node_call
-
             await node_call(mm, nid, node.client.free([pages.handle[page]]))
         mm.lru.del_page(page)
         free_frame(mm, nid)
@@ -316,7 +388,6 @@ async def oom_kill(mm: Mm, proc: Process, reason: str) -> None:
 
 async def exit_mmap(mm: Mm, proc: Process) -> None:
     """Free every page of a process: frames, zswap entries, swap slots, device copies."""
-    from .migrate import node_call
     from .zswap import zswap_invalidate
 
     pages = mm.pages

@@ -78,12 +78,12 @@ async def alloc_page(mm: Mm, host: Host, direct_reclaim: bool = True) -> tuple[i
     (__alloc_pages_slowpath), giving up after MAX_RECLAIM_RETRIES rounds
     without progress.
     """
-    from .vmscan import try_to_free_pages, wakeup_kswapd
-
     for nid in host.zonelist:
         if zone_watermark_ok(mm, nid, mm.nodes[nid].wmark.low):
             take_frame(mm, nid)
             return nid, 0
+    from .vmscan import try_to_free_pages, wakeup_kswapd
+
     for nid in host.zonelist:
         wakeup_kswapd(mm, nid)
     for nid in host.zonelist:

@@ -1,0 +1,292 @@
+"""One test per kernel rule the engine implements, asserting counters by name.
+
+Each runs a small scenario in-process (tests/orchestrator/conftest.py) and
+checks the counters the kernel would export: vmstat, zswap's debugfs files,
+memory.* files of the cgroup.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from conftest import vm, zs
+
+from tiersim.orchestrator.config import NumaTunables
+from tiersim.orchestrator.numa_balancing import PromoState, adjust_threshold
+from tiersim.orchestrator.zswap import Zswap, ZswapTunables
+
+
+def cg(doc: dict[str, Any]) -> dict[str, Any]:
+    return doc["cgroups"]["h0/app"]
+
+
+# -- zswap ---------------------------------------------------------------------
+
+
+def test_demotion_is_off_by_default_and_overflow_goes_to_swap(simulate: Any) -> None:
+    doc = simulate()
+    assert vm(doc, "pgdemote_kswapd") + vm(doc, "pgdemote_direct") == 0
+    assert vm(doc, "pswpout") > 0
+    assert vm(doc, "zswpout") == 0  # zswap is off by default too
+
+
+def test_zswap_stores_and_loads_are_exclusive(simulate: Any) -> None:
+    doc = simulate(tunables__zswap__enabled=True, tunables__zswap__max_pool_percent=50)
+    assert vm(doc, "zswpout") > 0 and vm(doc, "zswpin") > 0
+    # Every load frees its entry: what is stored is what went in minus what
+    # came back out (loads) or was written back.
+    assert zs(doc, "stored_pages") == vm(doc, "zswpout") - vm(doc, "zswpin") - vm(doc, "zswpwb")
+    assert cg(doc)["memory.zswap.current"] > 0
+    assert cg(doc)["memory.stat"]["zswpout"] == vm(doc, "zswpout")
+
+
+def test_zero_filled_pages_never_reach_zswap(simulate: Any) -> None:
+    doc = simulate(tunables__zswap__enabled=True, workloads__w__content="zero")
+    assert vm(doc, "swpout_zero") > 0
+    assert vm(doc, "zswpout") == 0
+    assert vm(doc, "pswpout") == 0
+
+
+def test_incompressible_pages_stored_as_is_when_writeback_allowed(simulate: Any) -> None:
+    doc = simulate(
+        tunables__zswap__enabled=True,
+        tunables__zswap__max_pool_percent=50,
+        workloads__w__content="incompressible",
+    )
+    assert zs(doc, "stored_incompressible_pages") > 0
+    assert zs(doc, "reject_compress_poor") == 0
+    # As-is entries take a whole page of pool each.
+    assert zs(doc, "pool_total_size") >= zs(doc, "stored_incompressible_pages") * 4096
+
+
+def test_incompressible_pages_refused_without_writeback(simulate: Any) -> None:
+    doc = simulate(
+        tunables__zswap__enabled=True,
+        workloads__w__content="incompressible",
+        **{"cgroups.app.zswap_writeback": False},
+    )
+    assert zs(doc, "reject_compress_poor") > 0
+    assert zs(doc, "stored_incompressible_pages") == 0
+    # A page zswap refuses does not fall through to the swap device.
+    assert vm(doc, "pswpout") == 0
+    assert vm(doc, "zswpwb") == 0
+
+
+def test_pool_limit_hit_and_writeback_to_swap(simulate: Any) -> None:
+    doc = simulate(tunables__zswap__enabled=True, tunables__zswap__max_pool_percent=5)
+    assert zs(doc, "pool_limit_hit") > 0
+    assert zs(doc, "written_back_pages") > 0
+    assert vm(doc, "zswpwb") == zs(doc, "written_back_pages")
+    host = next(iter(doc["hosts"].values()))
+    # pool_total_size counts allocator pages, never above the cap for long.
+    assert host["zswap"]["pool_total_size"] <= (host["zswap"]["max_pool_pages"] + 4) * 4096
+
+
+def test_pool_limit_hysteresis_accept_threshold() -> None:
+    z = Zswap(host=0, tunables=ZswapTunables(enabled=True), total_ram_pages=1000,
+              dram_node=0, direct_nodes=[])
+    assert z.max_pages() == 200 and z.accept_thr_pages() == 180
+    z.pool_pages = 199
+    assert not z.check_limits()
+    z.pool_pages = 200
+    assert z.check_limits() and z.stats.pool_limit_hit == 1
+    # Below the cap but above the accept threshold: still full.
+    z.pool_pages = 190
+    assert z.check_limits()
+    z.pool_pages = 180
+    assert not z.check_limits()
+    assert z.stats.pool_limit_hit == 1
+
+
+def test_memcg_zswap_max_caps_the_cgroups_pool_usage(simulate: Any) -> None:
+    doc = simulate(
+        tunables__zswap__enabled=True,
+        tunables__zswap__max_pool_percent=50,
+        **{"cgroups.app.zswap_max": "256KiB"},
+    )
+    assert cg(doc)["memory.zswap.current"] <= 256 * 1024 + 4096
+    assert vm(doc, "zswpout") > 0
+    assert vm(doc, "pswpout") > 0  # the rest went to the swap device
+
+
+def test_zswap_direct_stores_whole_pages_on_the_compressed_node(simulate: Any) -> None:
+    doc = simulate(
+        tunables__zswap__enabled=True,
+        tunables__zswap__direct_nodes=["cram0"],
+    )
+    assert zs(doc, "stored_direct_pages") > 0
+    cram = doc["nodes"]["cram0"]["device"]
+    assert cram["stored_pages"] == zs(doc, "stored_direct_pages")
+    # Charged a whole page each, as posted.
+    assert cg(doc)["memory.stat"]["zswap_direct_charged"] >= 4096 * vm(doc, "zswpout") // 2
+
+
+def test_zswap_direct_falls_back_to_compression_when_node_refuses(simulate: Any) -> None:
+    doc = simulate(
+        tunables__zswap__enabled=True,
+        tunables__zswap__max_pool_percent=50,
+        tunables__zswap__direct_nodes=["cram0"],
+        **{"nodes.cram0.physical": "1MiB", "nodes.cram0.advertised": "8MiB"},
+    )
+    assert zs(doc, "direct_refused") > 0
+    assert zs(doc, "stored_pages") > zs(doc, "stored_direct_pages")
+    assert doc["failures"]["device_write_failures"] == 0
+
+
+# -- demotion, the cram tier, promotion -----------------------------------------
+
+
+def test_demotion_to_cxl_when_enabled(simulate: Any) -> None:
+    doc = simulate(tunables__demotion_enabled=True)
+    host = doc["hosts"]["h0"]
+    assert host["demotion_targets"]["dram0"]["preferred"] == ["cxl0"]
+    assert vm(doc, "pgdemote_kswapd") + vm(doc, "pgdemote_direct") > 0
+    assert doc["nodes"]["cxl0"]["used_pages"] > 0
+
+
+def test_tiers_from_latency_profiles(simulate: Any) -> None:
+    doc = simulate(tunables__demotion_enabled=True, tunables__cram__tier_enabled=True)
+    host = doc["hosts"]["h0"]
+    assert host["adistance"]["dram0"] == 576
+    assert host["adistance"]["dram0"] < host["adistance"]["cxl0"] < host["adistance"]["cram0"]
+    assert host["toptier"] == ["dram0"]
+    assert host["demotion_targets"]["cxl0"]["preferred"] == ["cram0"]
+    assert "cram0" not in host["demotion_targets"]
+
+
+def test_write_to_read_only_cram_page_promotes_it(simulate: Any) -> None:
+    doc = simulate(
+        tunables__demotion_enabled=True,
+        tunables__cram__tier_enabled=True,
+        **{"nodes.cxl0.capacity": "4KiB"},
+    )
+    assert vm(doc, "cram_demote") > 0
+    assert vm(doc, "cram_write_fault") > 0
+    assert vm(doc, "pgpromote_success") >= vm(doc, "cram_write_fault") - vm(doc, "cram_promote_fail")
+    # Promotion read the page back and freed the device copy.
+    cram = doc["nodes"]["cram0"]["device"]
+    assert cram["frees"] > 0 or cram["loads"] > 0
+    assert doc["failures"]["corrupt_pages"] == 0
+
+
+def test_migration_blocked_at_pressure_1000_with_safety_check(simulate: Any) -> None:
+    over = {
+        "tunables.demotion_enabled": True,
+        "tunables.cram.tier_enabled": True,
+        "nodes.cxl0.capacity": "4KiB",
+        "nodes.cram0.advertised": "64MiB",
+        "nodes.cram0.physical": "2MiB",
+        "workloads.w.content": "incompressible",
+    }
+    unsafe = simulate(**over, **{"tunables.cram.safety_check": False, "tunables.cram.reclaim": False})
+    assert unsafe["failures"]["device_write_failures"] > 0
+    assert unsafe["failures"]["poisoned_pages"] > 0 or unsafe["failures"]["memory_failure"] > 0
+    safe = simulate(**over, **{"tunables.cram.safety_check": True, "tunables.cram.reclaim": False})
+    assert safe["failures"]["device_write_failures"] == 0
+    assert vm(safe, "cram_demote_refused") > 0
+    # Refused pages fell back to the swap path.
+    assert vm(safe, "pswpout") > 0
+
+
+def test_hot_threshold_adjusts_every_period() -> None:
+    numa = NumaTunables(numa_balancing=2, promote_rate_limit_MBps=1)
+    mm = SimpleNamespace(tunables=SimpleNamespace(numa=numa))
+    host = SimpleNamespace(promo=PromoState())
+    ps = host.promo.of(0)
+    period = numa.threshold_adjust_period_ms * 1_000_000
+    ref_cand = 256 * 60  # 1 MB/s in pages x 60 s
+    # Too many candidates: threshold drops by 125 ms.
+    ps.candidates = ref_cand * 2
+    adjust_threshold(mm, host, 0, period)  # type: ignore[arg-type]
+    assert ps.threshold_ms == 1000 - 125
+    # Too few: rises by 125 ms.
+    adjust_threshold(mm, host, 0, 2 * period)  # type: ignore[arg-type]
+    assert ps.threshold_ms == 1000
+    # Within 90..110 %: unchanged. Not before the period has passed.
+    ps.candidates += ref_cand
+    adjust_threshold(mm, host, 0, 2 * period + 1)  # type: ignore[arg-type]
+    assert ps.threshold_ms == 1000
+    adjust_threshold(mm, host, 0, 3 * period)  # type: ignore[arg-type]
+    assert ps.threshold_ms == 1000
+    # Floor 125 ms, ceiling 2000 ms.
+    for k in range(4, 40):
+        ps.candidates += ref_cand * 3
+        adjust_threshold(mm, host, 0, k * period)  # type: ignore[arg-type]
+    assert ps.threshold_ms == 125
+    for k in range(40, 80):
+        adjust_threshold(mm, host, 0, k * period)  # type: ignore[arg-type]
+    assert ps.threshold_ms == 2000
+
+
+def test_hint_fault_promotion_from_cxl(simulate: Any) -> None:
+    base = {
+        "tunables.demotion_enabled": True,
+        "scenario.duration": "3s",
+        "workloads.w.accesses": 400000,
+        "workloads.w.pattern": {"kind": "shifting", "hot_pages": 512, "shift_pages": 256,
+                                "shift_every": 50000, "write_ratio": 0.1, "think": "5us"},
+        "tunables.numa.scan_delay_ms": 200,
+        "tunables.numa.scan_period_min_ms": 200,
+        "nodes.cxl0.capacity": "64MiB",
+    }
+    off = simulate(**base)
+    assert vm(off, "numa_hint_faults") == 0 and vm(off, "pgpromote_success") == 0
+    on = simulate(**base, **{"tunables.numa.numa_balancing": 2})
+    assert vm(on, "numa_pte_updates") > 0
+    assert vm(on, "numa_hint_faults") > 0
+    assert vm(on, "pgpromote_success") > 0
+    assert vm(on, "pgpromote_success") == vm(on, "numa_pages_migrated")
+    # Promotion moves the hot set's accesses onto DRAM.
+    def dram_share(doc: dict[str, Any]) -> float:
+        by_node = doc["workloads"]["w"]["accesses_by_node"]
+        return by_node["dram0"] / sum(by_node.values())
+
+    assert dram_share(on) > dram_share(off)
+
+
+def test_promotion_rate_limit_caps_candidates(simulate: Any) -> None:
+    base = {
+        "tunables.demotion_enabled": True,
+        "tunables.numa.numa_balancing": 2,
+        "scenario.duration": "3s",
+        "workloads.w.accesses": 300000,
+        "workloads.w.pattern": {"kind": "shifting", "hot_pages": 512, "shift_pages": 256,
+                                "shift_every": 50000, "write_ratio": 0.1, "think": "5us"},
+        "tunables.numa.scan_delay_ms": 200,
+        "tunables.numa.scan_period_min_ms": 200,
+        "nodes.cxl0.capacity": "64MiB",
+    }
+    free = simulate(**base)
+    limited = simulate(**base, **{"tunables.numa.promote_rate_limit_MBps": 1})
+    assert vm(limited, "pgpromote_success") < vm(free, "pgpromote_success")
+    # 1 MB/s = 256 pages per second per node, over 3 s, plus the first window.
+    assert vm(limited, "pgpromote_success") <= 256 * 4
+
+
+# -- memcg ----------------------------------------------------------------------
+
+
+def test_memory_max_is_enforced_by_reclaim(simulate: Any) -> None:
+    doc = simulate(**{"cgroups.app.memory_max": "4MiB"})
+    c = cg(doc)
+    assert c["memory.peak"] <= 4 * 1024 * 1024
+    assert c["memory.events"]["max"] > 0
+    assert vm(doc, "pswpout") > 0
+
+
+def test_direct_charge_modes_reproduce_the_thrashing_concern(simulate: Any) -> None:
+    base = {
+        "tunables.zswap.enabled": True,
+        "tunables.zswap.direct_nodes": ["cram0"],
+        "cgroups.app.memory_max": "10MiB",
+        "nodes.dram0.capacity": "32MiB",
+        "nodes.cram0.physical": "16MiB",
+    }
+    page = simulate(**base, **{"tunables.zswap.direct_charge": "page"})
+    device = simulate(**base, **{"tunables.zswap.direct_charge": "device"})
+    # Charged a whole page, a stored page frees nothing: reclaim stalls, OOM.
+    assert cg(page)["reclaim_no_progress"] > cg(device)["reclaim_no_progress"]
+    assert vm(page, "oom_kill") >= 1
+    assert vm(device, "oom_kill") == 0
+    assert device["workloads"]["w"]["accesses"] > page["workloads"]["w"]["accesses"]
