@@ -132,6 +132,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             },
         )
     if not args.quiet:
+        # Wide enough for every variant's column; a terminal wraps what it must.
+        console.width = max(console.width, 30 + 18 * len(docs))
         console.print(render_table(docs, title=scenario.name))
         for d in docs:
             if d["stopped"]:

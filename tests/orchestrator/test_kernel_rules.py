@@ -290,3 +290,13 @@ def test_direct_charge_modes_reproduce_the_thrashing_concern(simulate: Any) -> N
     assert vm(page, "oom_kill") >= 1
     assert vm(device, "oom_kill") == 0
     assert device["workloads"]["w"]["accesses"] > page["workloads"]["w"]["accesses"]
+
+
+def test_zswap_shrinker_writes_back_under_reclaim(simulate: Any) -> None:
+    base = {"tunables.zswap.enabled": True, "tunables.zswap.max_pool_percent": 50}
+    off = simulate(**base)
+    on = simulate(**base, **{"tunables.zswap.shrinker_enabled": True})
+    # Without the shrinker, writeback only happens at the pool limit.
+    assert zs(off, "pool_limit_hit") == 0 and vm(off, "zswpwb") == 0
+    assert vm(on, "zswpwb") > 0
+    assert zs(on, "written_back_pages") == vm(on, "zswpwb")
