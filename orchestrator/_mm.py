@@ -198,6 +198,11 @@ class Mm:
         # The same as nested lists, for scalar lookups.
         self.latency_rows: list[list[int]] = []
         self.corrupt_pages = 0
+        from .policy import KernelPolicy, Policy
+
+        self.policy: Policy = KernelPolicy()
+        # Count per-page accesses (for policies that ask for them).
+        self.track_accesses = False
         self.pressure_changes: list[tuple[int, str, int]] = []
 
     # -- page table set-up -------------------------------------------------

@@ -2,7 +2,7 @@
 
 One entry per virtual page of every simulated process (DESIGN principle 5).
 What the kernel keeps in the PTE, `struct folio` and the swap entry is kept
-here in parallel arrays, 38 bytes a page in all:
+here in parallel arrays, 40 bytes a page in all:
 
     node     int16   NUMA node holding the page (-1: none)
     state    uint8   where the page lives: see the PS_* constants
@@ -12,6 +12,7 @@ here in parallel arrays, 38 bytes a page in all:
     memcg    uint16  owning memory cgroup (index into the engine's table)
     zsize    uint16  last compressed size in bytes (0: never compressed)
     scan_ns  int64   when the NUMA scanner last made the page PROT_NONE
+    hits     uint16  accesses (saturating), counted only for policies that ask
     lru_prev int32 \
     lru_next int32  } doubly linked LRU membership (mm/vmscan.c lruvec lists)
     lru_id   int32 /
@@ -55,7 +56,7 @@ F_PROTNONE = 0x08  # PTE made PROT_NONE by the NUMA scanner: next access hint-fa
 F_ZSWAP_REF = 0x10  # zswap entry referenced (second chance in writeback)
 
 NO_LIST = -1
-BYTES_PER_PAGE = 2 + 1 + 1 + 4 + 4 + 2 + 2 + 8 + 4 + 4 + 4
+BYTES_PER_PAGE = 2 + 1 + 1 + 4 + 4 + 2 + 2 + 8 + 2 + 4 + 4 + 4
 
 
 def _arr(typecode: str, n: int, fill: int = 0) -> array:
@@ -76,6 +77,7 @@ class PageTable:
         self.memcg = _arr("H", n)
         self.zsize = _arr("H", n)
         self.scan_ns = _arr("q", n)
+        self.hits = _arr("H", n)
         self.lru_prev = _arr("i", n, -1)
         self.lru_next = _arr("i", n, -1)
         self.lru_id = _arr("i", n, NO_LIST)
@@ -87,6 +89,7 @@ class PageTable:
         self.memcg_np = np.frombuffer(self.memcg, dtype=np.uint16)
         self.zsize_np = np.frombuffer(self.zsize, dtype=np.uint16)
         self.scan_ns_np = np.frombuffer(self.scan_ns, dtype=np.int64)
+        self.hits_np = np.frombuffer(self.hits, dtype=np.uint16)
 
     def nbytes(self) -> int:
         return sum(
@@ -100,6 +103,7 @@ class PageTable:
                 self.memcg,
                 self.zsize,
                 self.scan_ns,
+                self.hits,
                 self.lru_prev,
                 self.lru_next,
                 self.lru_id,

@@ -230,6 +230,18 @@ class Simulation:
         for proc in mm.procs:
             mm.pages.memcg_np[proc.base : proc.base + proc.npages] = proc.memcg
 
+    async def _start_policy(self) -> None:
+        from .policy import make_policy
+
+        pc = self.config.policy
+        try:
+            policy = make_policy(pc.name, dict(pc.options))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(str(exc), key="policy") from exc
+        self.mm.policy = policy
+        self.mm.track_accesses = policy.wants_access_counts
+        await policy.start(self.mm)
+
     def _schedule(self) -> None:
         mm = self.mm
         cfg = self.config
@@ -290,10 +302,12 @@ class Simulation:
         start = time.perf_counter()
         try:
             await self.build()
+            await self._start_policy()
             self._schedule()
             await self.sched.run_until(self.config.duration_ns, stop=self._finished)
             doc = await self._results()
         finally:
+            await self.mm.policy.close()
             for c in self._clients:
                 await c.close()
         self.wall_s = time.perf_counter() - start
@@ -429,6 +443,7 @@ class Simulation:
                 "nodes_lost": mm.failures,
             },
             "events": {"pressure_changes": len(mm.pressure_changes)},
+            "policy": {"name": mm.policy.name, **mm.policy.stats()},
         }
         if cfg.sample_interval_ns:
             doc["timeseries"] = self.samples

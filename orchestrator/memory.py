@@ -105,6 +105,9 @@ async def run_step(mm: Mm, proc: Process) -> None:
             gm = gk[:m]
             wm = wk[:m]
             flags_np[gm] |= F_YOUNG
+            if mm.track_accesses:
+                # Saturate well below 2**16 so that one chunk cannot wrap.
+                np.add.at(pages.hits_np, gm[pages.hits_np[gm] < 0xEFFF], 1)
             proc.node_hits += np.bincount(node_np[gm], minlength=len(proc.node_hits))
             written = gm[wm]
             if written.size:
@@ -167,6 +170,7 @@ async def _run_scalar(mm: Mm, proc: Process, deadline: int) -> bool:
     lat = mm.latency_rows
     hist = proc.latency
     hits_by_node = proc.node_hits
+    track = mm.track_accesses
     hits = 0
     while proc.chunk_pos < proc.chunk_len and proc.clock_ns < deadline:
         pos = proc.chunk_pos
@@ -176,6 +180,8 @@ async def _run_scalar(mm: Mm, proc: Process, deadline: int) -> bool:
         f = flags[page]
         if (st == PS_MAPPED or (st == PS_CRAM_RO and not write)) and not f & F_PROTNONE:
             flags[page] = f | F_YOUNG
+            if track and pages.hits[page] < 0xEFFF:
+                pages.hits[page] += 1
             if write:
                 version[page] += 1
                 proc.writes += 1
@@ -203,6 +209,8 @@ def _access(mm: Mm, page: int, write: bool) -> int:
     """Complete an access on a now-mapped page: young bit, version, latency."""
     pages = mm.pages
     pages.flags[page] |= F_YOUNG
+    if mm.track_accesses and pages.hits[page] < 0xEFFF:
+        pages.hits[page] += 1
     if write:
         pages.version[page] += 1
     return mm.latency_rows[pages.node[page]][write]
@@ -309,7 +317,9 @@ async def do_numa_page(mm: Mm, proc: Process, host: Host, page: int) -> int:
         return cost
     dst = host.cpu_nodes[0]
     now = proc.clock_ns
-    if not should_promote(mm, host, page, dst, now):
+    promote = should_promote(mm, host, page, dst, now)
+    promote = await mm.policy.promotion(mm, host, page, dst, promote)
+    if not promote:
         return cost
     if not migrate_balanced(mm, dst):
         # Target short of memory: wake kswapd there and try again later.

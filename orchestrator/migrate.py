@@ -46,16 +46,13 @@ async def node_call(mm: Mm, nid: int, call: Awaitable[T]) -> T | None:
         raise
 
 
-def demotion_order(mm: Mm, nid: int, host: Host) -> list[int]:
-    """Targets to try: a random preferred node, then the allowed mask by distance.
+def demotion_order(mm: Mm, nid: int, host: Host, first: int) -> list[int]:
+    """Targets to try: `first`, then the rest of the allowed mask by distance.
 
-    next_demotion_node() picks randomly among the preferred nodes;
-    alloc_demote_folio() falls back to the rest of the lower tiers.
+    alloc_demote_folio() allocates on the chosen target and falls back to the
+    rest of the lower tiers.
     """
-    targets = host.tiers.targets.get(nid)
-    if not targets:
-        return []
-    first = mm.rng.choice(targets.preferred)
+    targets = host.tiers.targets[nid]
     rest = [n for n in targets.allowed if n != first]
     rest.sort(key=lambda n: (mm.node_distance(host, n), n))
     return [n for n in [first, *rest] if not mm.nodes[n].lost]
@@ -64,19 +61,39 @@ def demotion_order(mm: Mm, nid: int, host: Host) -> list[int]:
 async def demote_folio_list(
     mm: Mm, candidates: list[int], nid: int, host: Host
 ) -> tuple[list[int], list[int], int]:
-    """demote_folio_list(): (demoted, failed, ns) for pages reclaimed from `nid`."""
-    remaining = list(candidates)
+    """demote_folio_list(): (demoted, failed, ns) for pages reclaimed from `nid`.
+
+    The kernel picks one target per list, at random among the preferred
+    nodes (next_demotion_node()); the policy may choose per page, or keep a
+    page from demotion (it then takes the swap path).
+    """
+    targets = host.tiers.targets.get(nid)
+    if not targets:
+        return [], list(candidates), 0
+    first = mm.rng.choice(targets.preferred)
+    allowed = set(targets.allowed)
+    plan = await mm.policy.demotion(mm, host, nid, candidates, [first] * len(candidates))
+    groups: dict[int, list[int]] = {}
+    failed: list[int] = []
+    for page, target in zip(candidates, plan, strict=True):
+        if target is None or target not in allowed:
+            failed.append(page)
+        else:
+            groups.setdefault(target, []).append(page)
     demoted: list[int] = []
     cost = 0
-    for target in demotion_order(mm, nid, host):
-        if not remaining:
-            break
-        moved, remaining, c = await move_pages(mm, remaining, nid, target, host, reason="demote")
-        demoted.extend(moved)
-        cost += c
-    if remaining:
-        host.vmstat.inc("pgdemote_fail", len(remaining))
-    return demoted, remaining, cost
+    for target, group in groups.items():
+        remaining = group
+        for node in demotion_order(mm, nid, host, target):
+            if not remaining:
+                break
+            moved, remaining, c = await move_pages(mm, remaining, nid, node, host, reason="demote")
+            demoted.extend(moved)
+            cost += c
+        failed.extend(remaining)
+    if failed:
+        host.vmstat.inc("pgdemote_fail", len(failed))
+    return demoted, failed, cost
 
 
 async def move_pages(
@@ -98,9 +115,15 @@ async def move_pages(
             # mm/cram.c: migration refused (-ENOSPC) while the device is under pressure.
             host.vmstat.inc("cram_demote_refused", len(pages_in))
             return [], pages_in, 0
+    rest: list[int] = []
+    if cram:
+        admit = await mm.policy.admission(mm, host, pages_in, dst, [True] * len(pages_in))
+        rest = [p for p, ok in zip(pages_in, admit, strict=True) if not ok]
+        pages_in = [p for p, ok in zip(pages_in, admit, strict=True) if ok]
+        if rest:
+            host.vmstat.inc("cram_demote_refused", len(rest))
     # Reserve frames first: a demotion allocates only on the target, without reclaim.
     batch: list[int] = []
-    rest: list[int] = []
     for page in pages_in:
         if alloc_on_node(mm, dst, node.wmark.min):
             batch.append(page)

@@ -209,6 +209,8 @@ async def zswap_store(
     pages = mm.pages
     cost = 0
     t = zswap.tunables
+    if not await mm.policy.zswap_store(mm, mm.hosts[zswap.host], page, True):
+        return False, cost
     # 3. per-cgroup limit
     if memcg.config.zswap_max is not None and memcg.zswap_current >= memcg.config.zswap_max:
         if memcg.config.zswap_writeback:
@@ -415,6 +417,9 @@ async def shrink_memcg(mm: Mm, zswap: Zswap, memcg_index: int, nr: int) -> tuple
         scanned += 1
         if flags[page] & F_ZSWAP_REF:
             flags[page] &= ~F_ZSWAP_REF & 0xFF
+            lru.move_to_end(page)
+            continue
+        if not await mm.policy.zswap_writeback(mm, mm.hosts[zswap.host], page, True):
             lru.move_to_end(page)
             continue
         ok, c = await writeback_entry(mm, zswap, page, memcg)

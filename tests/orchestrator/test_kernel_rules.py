@@ -300,3 +300,24 @@ def test_zswap_shrinker_writes_back_under_reclaim(simulate: Any) -> None:
     assert zs(off, "pool_limit_hit") == 0 and vm(off, "zswpwb") == 0
     assert vm(on, "zswpwb") > 0
     assert zs(on, "written_back_pages") == vm(on, "zswpwb")
+
+
+def test_cram_guard_policy_keeps_device_below_low_watermark(simulate: Any) -> None:
+    over = {
+        "tunables.demotion_enabled": True,
+        "tunables.cram.tier_enabled": True,
+        "tunables.cram.safety_check": False,
+        "tunables.cram.reclaim": False,
+        "nodes.cxl0.capacity": "4KiB",
+        "nodes.cram0.advertised": "64MiB",
+        "nodes.cram0.physical": "2MiB",
+        "workloads.w.content": "ratio2",
+    }
+    kernel = simulate(**over)
+    assert kernel["failures"]["device_write_failures"] > 0
+    guarded = simulate(**over, **{"scenario.policy": "cram-guard"})
+    assert guarded["policy"]["name"] == "cram-guard"
+    assert guarded["policy"]["refused"] > 0 and guarded["policy"]["admitted"] > 0
+    assert guarded["failures"]["device_write_failures"] == 0
+    assert guarded["nodes"]["cram0"]["pressure"] < 1000
+    assert vm(guarded, "cram_demote") > 0
