@@ -39,8 +39,7 @@ def resolve(name_or_path: str | None) -> Path:
     if name_or_path in cat:
         return cat[name_or_path]
     raise ConfigError(
-        f"no scenario file or catalog entry named {name_or_path!r} "
-        f"(catalog: {', '.join(cat)})"
+        f"no scenario file or catalog entry named {name_or_path!r} (catalog: {', '.join(cat)})"
     )
 
 
@@ -161,7 +160,9 @@ def register(subparsers: Any) -> None:
         help="run a scenario (default: the built-in comparison, embedded)",
         description="Run a scenario file or catalog entry and print a comparison of its variants.",
     )
-    p.add_argument("scenario", nargs="?", help="scenario file or catalog name (see `tiersim scenarios`)")
+    p.add_argument(
+        "scenario", nargs="?", help="scenario file or catalog name (see `tiersim scenarios`)"
+    )
     p.add_argument("--json", metavar="PATH", help="write the results document to PATH")
     p.add_argument(
         "--set",

@@ -258,10 +258,9 @@ class Mm:
         if state.pressure != node.pressure:
             node.pressure = state.pressure
             self.pressure_changes.append((self.sched.now_ns, node.name, state.pressure))
-            if state.pressure >= 1000 and node.kind == NodeKind.CRAM:
-                from .vmscan import wakeup_kswapd
+            from .cram import cram_pressure_changed
 
-                wakeup_kswapd(self, nid)
+            cram_pressure_changed(self, nid, state.pressure)
 
     def node_lost(self, nid: int, reason: str) -> None:
         """A node stopped answering (or raised a machine check): its pages are lost."""

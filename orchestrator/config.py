@@ -158,6 +158,9 @@ class RunConfig:
     # value) pairs in the order applied: `--set` overrides first, then the
     # variant's own. Results report them so a comparison says what differed.
     overrides: tuple[tuple[str, Any], ...] = ()
+    # Whether the run needs the orchestrator service to itself. False lets the
+    # service start it while other non-exclusive runs are in progress.
+    exclusive: bool = True
 
 
 @dataclass(frozen=True)

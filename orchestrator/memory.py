@@ -34,9 +34,10 @@ from ._pages import (
     PS_ZSWAP,
     PS_ZSWAP_DIRECT,
 )
+from .cram import do_cram_wp_fault
 from .memcontrol import handle_over_high, try_charge, uncharge
-from .numa_balancing import migrate_balanced, should_promote, tiering_mode
 from .migrate import node_call, promote_page
+from .numa_balancing import migrate_balanced, should_promote, tiering_mode
 from .page_alloc import alloc_page, free_frame, take_frame
 from .swap import swap_in
 from .vmscan import wakeup_kswapd
@@ -228,7 +229,7 @@ async def handle_mm_fault(mm: Mm, proc: Process, page: int, write: bool) -> int:
     if state in (PS_POISONED, PS_LOST):
         # The data is gone: the task gets SIGBUS. Refault the page empty.
         host.vmstat.inc("sigbus")
-        await _forget_page(mm, page)
+        await forget_page(mm, page)
         state = PS_UNTOUCHED
     if state == PS_UNTOUCHED:
         c = await do_anonymous_page(mm, proc, host, page)
@@ -338,32 +339,7 @@ async def do_numa_page(mm: Mm, proc: Process, host: Host, page: int) -> int:
     return cost
 
 
-async def do_cram_wp_fault(mm: Mm, proc: Process, host: Host, page: int) -> int:
-    """mm/cram.c: a write to a read-only compressed page promotes it to local DRAM."""
-    host.vmstat.inc("cram_write_fault")
-    cost = mm.costs.wp_fault_ns
-    nid, c = await alloc_page(mm, host)
-    cost += c
-    if nid < 0:
-        host.vmstat.inc("cram_promote_fail")
-        await oom_kill(mm, proc, "oom")
-        return -1
-    ok, c = await promote_page(mm, page, nid, host)
-    cost += c
-    if not ok:
-        free_frame(mm, nid)
-        host.vmstat.inc("cram_promote_fail")
-        # The compressed copy was unreadable: the data is lost.
-        await _forget_page(mm, page)
-        pages = mm.pages
-        pages.state[page] = PS_UNTOUCHED
-        c = await do_anonymous_page(mm, proc, host, page)
-        return -1 if c < 0 else cost + c
-    host.vmstat.inc("pgpromote_success")
-    return cost
-
-
-async def _forget_page(mm: Mm, page: int) -> None:
+async def forget_page(mm: Mm, page: int) -> None:
     """Drop whatever a poisoned or lost page still holds, leaving it untouched."""
     pages = mm.pages
     nid = pages.node[page]

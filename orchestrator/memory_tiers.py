@@ -43,7 +43,10 @@ class MemoryPerf:
 
 def perf_to_adistance(perf: MemoryPerf, dram: MemoryPerf) -> int:
     """mt_perf_to_adistance(): integer arithmetic in the kernel's order."""
-    if perf.read_latency + perf.write_latency == 0 or perf.read_bandwidth + perf.write_bandwidth == 0:
+    if (
+        perf.read_latency + perf.write_latency == 0
+        or perf.read_bandwidth + perf.write_bandwidth == 0
+    ):
         raise ValueError("performance data must have non-zero latency and bandwidth")
     adist = MEMTIER_ADISTANCE_DRAM * (perf.read_latency + perf.write_latency)
     adist //= dram.read_latency + dram.write_latency
@@ -146,6 +149,4 @@ def build_tiers(
         if any(n in cpu_nodes for n in tier.nodes):
             top = tier.adistance_start + MEMTIER_CHUNK_SIZE - 1
             break
-    return TierMap(
-        adistance=dict(adistance), tiers=tiers, targets=targets, top_tier_adistance=top
-    )
+    return TierMap(adistance=dict(adistance), tiers=tiers, targets=targets, top_tier_adistance=top)

@@ -13,11 +13,11 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, TypeVar
 
 import grpc
-
 from tiersim._errors import NodeError
 from tiersim.nodes._types import DATA_LOSS, OK, RESOURCE_EXHAUSTED, NodeKind
 
 from ._pages import F_ACTIVE, F_PROTNONE, PS_CRAM_RO, PS_MAPPED, PS_POISONED
+from .cram import cram_admit
 from .page_alloc import alloc_on_node, free_frame
 
 if TYPE_CHECKING:
@@ -108,20 +108,11 @@ async def move_pages(
     node = mm.nodes[dst]
     cram = node.kind == NodeKind.CRAM
     check = cram and mm.tunables.cram.safety_check
-    if cram:
-        if not mm.tunables.cram.tier_enabled:
-            return [], pages_in, 0
-        if check and node.pressure >= 1000:
-            # mm/cram.c: migration refused (-ENOSPC) while the device is under pressure.
-            host.vmstat.inc("cram_demote_refused", len(pages_in))
-            return [], pages_in, 0
     rest: list[int] = []
     if cram:
-        admit = await mm.policy.admission(mm, host, pages_in, dst, [True] * len(pages_in))
-        rest = [p for p, ok in zip(pages_in, admit, strict=True) if not ok]
-        pages_in = [p for p, ok in zip(pages_in, admit, strict=True) if ok]
-        if rest:
-            host.vmstat.inc("cram_demote_refused", len(rest))
+        pages_in, rest = await cram_admit(mm, host, pages_in, dst)
+        if not pages_in:
+            return [], rest, 0
     # Reserve frames first: a demotion allocates only on the target, without reclaim.
     batch: list[int] = []
     for page in pages_in:
@@ -145,7 +136,7 @@ async def move_pages(
     cost = result.cost_ns + len(batch) * mm.costs.migrate_page_ns
     for i, page in enumerate(batch):
         code = result.codes[i]
-        if code == OK or code == DATA_LOSS:
+        if code in (OK, DATA_LOSS):
             if pages.handle[page]:
                 src_handles.append(pages.handle[page])
             mm.lru.del_page(page)

@@ -80,7 +80,7 @@ class LatencyHistogram:
         cum = np.cumsum(self.counts)
         b = int(np.searchsorted(cum, rank, side="left"))
         # Geometric middle of the bucket.
-        return min(int(round(2 ** ((b + 0.5) / _SUB))), self.max)
+        return min(round(2 ** ((b + 0.5) / _SUB)), self.max)
 
     def summary(self) -> dict[str, int | float]:
         self._flush()
@@ -101,7 +101,7 @@ class LatencyHistogram:
         cum = 0
         for b in np.nonzero(self.counts)[0].tolist():
             cum += int(self.counts[b])
-            out.append((int(round(2 ** ((b + 1) / _SUB))), cum / self.n))
+            out.append((round(2 ** ((b + 1) / _SUB)), cum / self.n))
         return out
 
 
@@ -115,6 +115,7 @@ def strip_wall_clock(doc: Any) -> Any:
 
 
 # -- the terminal table -----------------------------------------------------
+
 
 # (label, function of a result document) rows of the comparison table.
 def _sum_vmstat(doc: dict[str, Any], *names: str) -> int:
@@ -140,24 +141,43 @@ def _fmt_bytes(n: float) -> str:
 TABLE_ROWS: list[tuple[str, Any]] = [
     ("accesses", lambda d: f"{d['latency']['count']:,}"),
     ("mean access latency", lambda d: _fmt_ns(d["latency"]["mean_ns"])),
-    ("p50 / p99 latency", lambda d: f"{_fmt_ns(d['latency']['p50_ns'])} / "
-     f"{_fmt_ns(d['latency']['p99_ns'])}"),
+    (
+        "p50 / p99 latency",
+        lambda d: f"{_fmt_ns(d['latency']['p50_ns'])} / {_fmt_ns(d['latency']['p99_ns'])}",
+    ),
     ("p99.9 latency", lambda d: _fmt_ns(d["latency"]["p99_9_ns"])),
     ("simulated time", lambda d: _fmt_ns(d["sim_time_ns"])),
-    ("DRAM used at end", lambda d: _fmt_bytes(
-        sum(h["dram_used_bytes"] for h in d["hosts"].values()))),
-    ("minor / major faults", lambda d: f"{_sum_vmstat(d, 'pgfault') - _sum_vmstat(d, 'pgmajfault'):,}"
-     f" / {_sum_vmstat(d, 'pgmajfault'):,}"),
-    ("zswpout / zswpin / zswpwb", lambda d: f"{_sum_vmstat(d, 'zswpout'):,} / "
-     f"{_sum_vmstat(d, 'zswpin'):,} / {_sum_vmstat(d, 'zswpwb'):,}"),
+    (
+        "DRAM used at end",
+        lambda d: _fmt_bytes(sum(h["dram_used_bytes"] for h in d["hosts"].values())),
+    ),
+    (
+        "minor / major faults",
+        lambda d: (
+            f"{_sum_vmstat(d, 'pgfault') - _sum_vmstat(d, 'pgmajfault'):,}"
+            f" / {_sum_vmstat(d, 'pgmajfault'):,}"
+        ),
+    ),
+    (
+        "zswpout / zswpin / zswpwb",
+        lambda d: (
+            f"{_sum_vmstat(d, 'zswpout'):,} / "
+            f"{_sum_vmstat(d, 'zswpin'):,} / {_sum_vmstat(d, 'zswpwb'):,}"
+        ),
+    ),
     ("pswpout / pswpin", lambda d: f"{_sum_vmstat(d, 'pswpout'):,} / {_sum_vmstat(d, 'pswpin'):,}"),
-    ("pgdemote (kswapd+direct)", lambda d: f"{_sum_vmstat(d, 'pgdemote_kswapd', 'pgdemote_direct'):,}"),
+    (
+        "pgdemote (kswapd+direct)",
+        lambda d: f"{_sum_vmstat(d, 'pgdemote_kswapd', 'pgdemote_direct'):,}",
+    ),
     ("pgpromote_success", lambda d: f"{_sum_vmstat(d, 'pgpromote_success'):,}"),
     ("cram write faults", lambda d: f"{_sum_vmstat(d, 'cram_write_fault'):,}"),
     ("compression work", lambda d: _fmt_bytes(d["compression"]["bytes_compressed"])),
     ("device write failures", lambda d: f"{d['failures']['device_write_failures']:,}"),
-    ("pages poisoned / lost", lambda d: f"{d['failures']['poisoned_pages']:,} / "
-     f"{d['failures']['pages_lost']:,}"),
+    (
+        "pages poisoned / lost",
+        lambda d: f"{d['failures']['poisoned_pages']:,} / {d['failures']['pages_lost']:,}",
+    ),
     ("OOM kills", lambda d: f"{_sum_vmstat(d, 'oom_kill'):,}"),
 ]
 

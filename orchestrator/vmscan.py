@@ -204,7 +204,9 @@ async def try_to_free_mem_cgroup_pages(mm: Mm, memcg: Memcg, nr: int) -> tuple[i
     """memcg limit reclaim: the cgroup's own pages, on every node it uses."""
     reclaimed = 0
     cost = 0
-    for nid in sorted(mm.nodes[n].id for n in range(len(mm.nodes)) if memcg.index in mm.nodes[n].lru):
+    for nid in sorted(
+        mm.nodes[n].id for n in range(len(mm.nodes)) if memcg.index in mm.nodes[n].lru
+    ):
         if reclaimed >= nr:
             break
         got, c = await shrink_lruvec(

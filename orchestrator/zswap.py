@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import lz4.block
-
 from tiersim.nodes._types import OK
 
 from ._pages import F_ZSWAP_REF, PS_SWAP, PS_ZSWAP, PS_ZSWAP_DIRECT
@@ -376,7 +375,7 @@ async def writeback_entry(mm: Mm, zswap: Zswap, page: int, memcg: Memcg) -> tupl
         cost = result.cost_ns
     # Free the entry first (it holds the page's charge), then write.
     await _entry_free(mm, zswap, page, memcg)
-    swapped, refused, c = await swap_write(mm, host, [(page, data)])
+    _swapped, refused, c = await swap_write(mm, host, [(page, data)])
     cost += c
     if refused:
         # No swap space: the page's data is still known to the engine; keep

@@ -7,7 +7,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
-
 from tiersim.orchestrator.engine import run
 from tiersim.orchestrator.scenario import loads_scenario
 

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 from conftest import vm, zs
-
 from tiersim.orchestrator._cli import catalog, load, run_scenario
 
 
@@ -103,7 +102,9 @@ def test_pooled_cram_incompressible_tenant_hurts_neighbours() -> None:
     assert refused > vm(quiet, "cram_demote_refused")
     # The well-behaved tenants on host0 and host1 now swap.
     for host in ("host0", "host1"):
-        assert noisy["hosts"][host]["vmstat"]["pswpout"] >= quiet["hosts"][host]["vmstat"]["pswpout"]
+        assert (
+            noisy["hosts"][host]["vmstat"]["pswpout"] >= quiet["hosts"][host]["vmstat"]["pswpout"]
+        )
     assert noisy["failures"]["device_write_failures"] == 0
 
 

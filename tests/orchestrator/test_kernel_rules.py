@@ -11,7 +11,6 @@ from types import SimpleNamespace
 from typing import Any
 
 from conftest import vm, zs
-
 from tiersim.orchestrator.config import NumaTunables
 from tiersim.orchestrator.numa_balancing import PromoState, adjust_threshold
 from tiersim.orchestrator.zswap import Zswap, ZswapTunables
@@ -84,8 +83,13 @@ def test_pool_limit_hit_and_writeback_to_swap(simulate: Any) -> None:
 
 
 def test_pool_limit_hysteresis_accept_threshold() -> None:
-    z = Zswap(host=0, tunables=ZswapTunables(enabled=True), total_ram_pages=1000,
-              dram_node=0, direct_nodes=[])
+    z = Zswap(
+        host=0,
+        tunables=ZswapTunables(enabled=True),
+        total_ram_pages=1000,
+        dram_node=0,
+        direct_nodes=[],
+    )
     assert z.max_pages() == 200 and z.accept_thr_pages() == 180
     z.pool_pages = 199
     assert not z.check_limits()
@@ -163,7 +167,9 @@ def test_write_to_read_only_cram_page_promotes_it(simulate: Any) -> None:
     )
     assert vm(doc, "cram_demote") > 0
     assert vm(doc, "cram_write_fault") > 0
-    assert vm(doc, "pgpromote_success") >= vm(doc, "cram_write_fault") - vm(doc, "cram_promote_fail")
+    assert vm(doc, "pgpromote_success") >= vm(doc, "cram_write_fault") - vm(
+        doc, "cram_promote_fail"
+    )
     # Promotion read the page back and freed the device copy.
     cram = doc["nodes"]["cram0"]["device"]
     assert cram["frees"] > 0 or cram["loads"] > 0
@@ -179,7 +185,9 @@ def test_migration_blocked_at_pressure_1000_with_safety_check(simulate: Any) -> 
         "nodes.cram0.physical": "2MiB",
         "workloads.w.content": "incompressible",
     }
-    unsafe = simulate(**over, **{"tunables.cram.safety_check": False, "tunables.cram.reclaim": False})
+    unsafe = simulate(
+        **over, **{"tunables.cram.safety_check": False, "tunables.cram.reclaim": False}
+    )
     assert unsafe["failures"]["device_write_failures"] > 0
     assert unsafe["failures"]["poisoned_pages"] > 0 or unsafe["failures"]["memory_failure"] > 0
     safe = simulate(**over, **{"tunables.cram.safety_check": True, "tunables.cram.reclaim": False})
@@ -224,8 +232,14 @@ def test_hint_fault_promotion_from_cxl(simulate: Any) -> None:
         "tunables.demotion_enabled": True,
         "scenario.duration": "3s",
         "workloads.w.accesses": 400000,
-        "workloads.w.pattern": {"kind": "shifting", "hot_pages": 512, "shift_pages": 256,
-                                "shift_every": 50000, "write_ratio": 0.1, "think": "5us"},
+        "workloads.w.pattern": {
+            "kind": "shifting",
+            "hot_pages": 512,
+            "shift_pages": 256,
+            "shift_every": 50000,
+            "write_ratio": 0.1,
+            "think": "5us",
+        },
         "tunables.numa.scan_delay_ms": 200,
         "tunables.numa.scan_period_min_ms": 200,
         "nodes.cxl0.capacity": "64MiB",
@@ -237,6 +251,7 @@ def test_hint_fault_promotion_from_cxl(simulate: Any) -> None:
     assert vm(on, "numa_hint_faults") > 0
     assert vm(on, "pgpromote_success") > 0
     assert vm(on, "pgpromote_success") == vm(on, "numa_pages_migrated")
+
     # Promotion moves the hot set's accesses onto DRAM.
     def dram_share(doc: dict[str, Any]) -> float:
         by_node = doc["workloads"]["w"]["accesses_by_node"]
@@ -251,8 +266,14 @@ def test_promotion_rate_limit_caps_candidates(simulate: Any) -> None:
         "tunables.numa.numa_balancing": 2,
         "scenario.duration": "3s",
         "workloads.w.accesses": 300000,
-        "workloads.w.pattern": {"kind": "shifting", "hot_pages": 512, "shift_pages": 256,
-                                "shift_every": 50000, "write_ratio": 0.1, "think": "5us"},
+        "workloads.w.pattern": {
+            "kind": "shifting",
+            "hot_pages": 512,
+            "shift_pages": 256,
+            "shift_every": 50000,
+            "write_ratio": 0.1,
+            "think": "5us",
+        },
         "tunables.numa.scan_delay_ms": 200,
         "tunables.numa.scan_period_min_ms": 200,
         "nodes.cxl0.capacity": "64MiB",

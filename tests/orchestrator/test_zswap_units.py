@@ -1,5 +1,6 @@
 """zsmalloc size classes and pool accounting used by zswap's pool_total_size."""
 
+from tiersim.orchestrator.page_alloc import min_free_kbytes, setup_watermarks
 from tiersim.orchestrator.zswap import (
     CLASS_OBJS,
     CLASS_PAGES,
@@ -7,7 +8,6 @@ from tiersim.orchestrator.zswap import (
     N_CLASSES,
     size_class,
 )
-from tiersim.orchestrator.page_alloc import min_free_kbytes, setup_watermarks
 
 
 def test_size_classes_cover_32_to_4096_in_16_byte_steps() -> None:
