@@ -17,7 +17,11 @@ from ._errors import ConfigError
 # Modules that add subcommands, in the order they appear in --help.
 _COMMAND_MODULES = (
     "tiersim.orchestrator._cli",
+    "tiersim.orchestrator._cli_service",
+    "tiersim.orchestrator._cli_tools",
     "tiersim.nodes._cli",
+    "tiersim.reference._cli",
+    "tiersim.orchestrator._cli_cluster",
 )
 
 

@@ -1,0 +1,1 @@
+"""Reference runs of the real Linux kernel under QEMU, to check tiersim against."""

@@ -1,0 +1,284 @@
+"""A reference workload as a tiersim scenario.
+
+The scenario is built as a plain dict in the scenario file format
+(``docs/scenario-format.md``), printed as TOML and read back with
+`tiersim.orchestrator.scenario.loads_scenario`, so it is checked exactly as a
+user's file would be and can be saved and run on its own (``tiersim
+reference scenario W.toml > w.toml; tiersim run w.toml``).
+
+What carries over unchanged: the seed (hence the content and access seeds,
+see `image.process_seed`), the content spec, the access pattern and count,
+swap size, zswap tunables, cgroup limits, swappiness, watermark scale
+factor, ``demotion_enabled`` and ``numa_balancing``. HMAT latency and
+bandwidth become the nodes' latency profiles (read = write = the HMAT
+latency, no per-cacheline term), so tiersim's abstract distances equal the
+kernel's (DRAM 576, the 250 ns / 10 GB/s node 2880).
+
+What is calibrated from a recording, when one is given:
+
+* Node capacity. The guest's kernel, initramfs and page tables take some of
+  each node before the workload starts; tiersim has no kernel of its own. A
+  byte-addressable node gets the ``MemFree`` the guest reported at the
+  workload's start, so the workload meets the same free memory and the same
+  point where reclaim starts.
+* ``max_pool_percent`` is taken of total RAM (``MemTotal``) by the kernel; it
+  is rescaled so that tiersim's pool cap, taken of the smaller capacities
+  above, is as close as an integer percentage allows to the kernel's cap.
+* The cgroup limits. The guest program locks its own few pages (text,
+  stack, I/O buffers) into the cgroup before it maps the footprint; their
+  charge (``workload.baseline_bytes``, about 100 KiB) is taken off
+  ``memory.max`` and ``memory.high``, so the footprint meets the same room.
+* Time. Under TCG the guest runs its accesses far slower than real hardware,
+  and NUMA scanning, hint-fault latency and kswapd all run on wall-clock
+  time. With ``guest_time`` the accesses get a fixed think time so that the
+  simulated run lasts as long as the guest's workload did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .image import CGROUP_NAME, HOST_NAME, WORKLOAD_NAME
+from .spec import PAGE_SIZE, ReferenceWorkload
+
+NODE_NAMES = ("node0", "node1")
+SWAP_NAME = "swap0"
+DURATION = "3600s"
+
+
+def _meminfo_min(data: Mapping[str, Any] | None, key: str) -> int | None:
+    if not data:
+        return None
+    entry = data.get("guest", {}).get("meminfo", {}).get(key)
+    if not isinstance(entry, Mapping) or "min" not in entry:
+        return None
+    return int(entry["min"])
+
+
+def node_capacities(w: ReferenceWorkload, data: Mapping[str, Any] | None) -> list[int]:
+    """Bytes tiersim gives each NUMA node: the guest's free memory at start, or the nominal size."""
+    out = []
+    for i, node in enumerate(w.nodes):
+        free = _meminfo_min(data, f"node{i}.MemFree")
+        cap = free if free else node.size
+        out.append(cap // PAGE_SIZE * PAGE_SIZE)
+    return out
+
+
+def pool_percent(
+    w: ReferenceWorkload, data: Mapping[str, Any] | None, capacities: list[int]
+) -> int:
+    """max_pool_percent for tiersim, so that its pool cap matches the kernel's."""
+    pct = w.zswap.max_pool_percent
+    total = _meminfo_min(data, "global.MemTotal")
+    if not total or not pct:
+        return pct
+    return max(1, min(100, round(pct * total / sum(capacities))))
+
+
+def guest_think_ns(w: ReferenceWorkload, data: Mapping[str, Any] | None) -> int | None:
+    """Mean wall-clock time per access in the guest, from the recording."""
+    if not data:
+        return None
+    elapsed = data.get("guest", {}).get("elapsed_ns")
+    accesses = data.get("plan", {}).get("accesses") or w.access.accesses
+    if not isinstance(elapsed, Mapping) or not elapsed.get("values"):
+        return None
+    values = [int(v) for v in elapsed["values"]]
+    return int(sum(values) / len(values) / accesses)
+
+
+def guest_baseline(data: Mapping[str, Any] | None) -> int:
+    """Bytes the guest program itself holds in the cgroup (locked text, stack,
+    buffers) before it maps its footprint, rounded up to pages."""
+    if not data:
+        return 0
+    entry = data.get("counters", {}).get("workload.baseline_bytes")
+    if not isinstance(entry, Mapping) or "max" not in entry:
+        return 0
+    return -(-int(entry["max"]) // PAGE_SIZE) * PAGE_SIZE
+
+
+def _size(n: int) -> str | int:
+    """Sizes as people write them ("48MiB") when they are whole units."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n and n % scale == 0:
+            return f"{n // scale}{unit}"
+    return n
+
+
+def _limit(v: int | None) -> str | int:
+    return "max" if v is None else _size(v)
+
+
+def use_guest_time(w: ReferenceWorkload, guest_time: bool | None) -> bool:
+    """Pace by the guest's clock by default only where time drives the outcome:
+    NUMA balancing (scan periods, hint-fault latency against hot_threshold_ms)."""
+    return bool(w.tunables.numa_balancing) if guest_time is None else guest_time
+
+
+def to_scenario(
+    w: ReferenceWorkload, data: Mapping[str, Any] | None = None, *, guest_time: bool | None = None
+) -> dict[str, Any]:
+    """The tiersim scenario (as a dict in the scenario file format) for `w`."""
+    caps = node_capacities(w, data)
+    nodes: list[dict[str, Any]] = []
+    for i, (node, cap) in enumerate(zip(w.nodes, caps, strict=True)):
+        entry: dict[str, Any] = {
+            "name": NODE_NAMES[i],
+            "kind": "dram" if i == 0 else "cxl",
+            "host": HOST_NAME,
+            "capacity": _size(cap),
+        }
+        if w.tiered:
+            entry["options"] = {
+                "latency": {
+                    "read_base_ns": node.latency_ns,
+                    "write_base_ns": node.latency_ns,
+                    "per_cacheline_ns": 0.0,
+                    "bandwidth_bytes_per_sec": node.bandwidth,
+                    "source": "HMAT entry of the reference guest",
+                }
+            }
+        nodes.append(entry)
+    if w.swap_bytes:
+        nodes.append(
+            {
+                "name": SWAP_NAME,
+                "kind": "storage",
+                "host": HOST_NAME,
+                "capacity": _size(w.swap_bytes),
+            }
+        )
+    pattern = dict(w.access.pattern)
+    think = guest_think_ns(w, data) if use_guest_time(w, guest_time) else None
+    if think:
+        pattern["think_ns"] = think
+        pattern["think_distribution"] = "fixed"
+    z = w.zswap
+    t = w.tunables
+    c = w.cgroup
+    base = guest_baseline(data)
+
+    def room(limit: int | None) -> int | None:
+        return None if limit is None else max(PAGE_SIZE, limit - base)
+
+    return {
+        "scenario": {
+            "name": f"reference-{w.name}",
+            "description": w.description or f"Reference workload {w.name}",
+            "question": "Does tiersim count what the kernel counts on this workload?",
+            "seed": w.seed,
+            "duration": DURATION,
+        },
+        "hosts": [{"name": HOST_NAME, "cpus": w.cpus}],
+        "nodes": nodes,
+        "tunables": {
+            "demotion_enabled": t.demotion_enabled,
+            "swappiness": t.swappiness,
+            "watermark_scale_factor": t.watermark_scale_factor,
+            "zswap": {
+                "enabled": z.enabled,
+                "compressor": z.compressor,
+                "max_pool_percent": pool_percent(w, data, caps),
+                "accept_threshold_percent": z.accept_threshold_percent,
+                "shrinker_enabled": z.shrinker_enabled,
+            },
+            "numa": {"numa_balancing": t.numa_balancing},
+        },
+        "cgroups": [
+            {
+                "name": CGROUP_NAME,
+                "memory_max": _limit(room(c.memory_max)),
+                "memory_high": _limit(room(c.memory_high)),
+                "zswap_max": _limit(c.zswap_max),
+                "zswap_writeback": c.zswap_writeback,
+            }
+        ],
+        "workloads": [
+            {
+                "name": WORKLOAD_NAME,
+                "host": HOST_NAME,
+                "cgroup": CGROUP_NAME,
+                "footprint": _size(w.npages * PAGE_SIZE),
+                "content": w.content,
+                "accesses": w.access.accesses,
+                "pattern": pattern,
+            }
+        ],
+    }
+
+
+# --------------------------------------------------------------------------
+# A small TOML writer for the shapes above (tomllib only reads).
+
+
+def _key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else _string(k)
+
+
+def _string(s: str) -> str:
+    escaped = s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return _string(v)
+    if isinstance(v, Mapping):
+        return "{ " + ", ".join(f"{_key(k)} = {_value(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} as TOML")
+
+
+def _table(out: list[str], path: str, table: Mapping[str, Any], array: bool = False) -> None:
+    out.append(f"[[{path}]]" if array else f"[{path}]")
+    subtables = []
+    for k, v in table.items():
+        if isinstance(v, Mapping) and k not in ("content", "pattern"):
+            subtables.append((k, v))
+        else:
+            out.append(f"{_key(k)} = {_value(v)}")
+    for k, v in subtables:
+        out.append("")
+        _table(out, f"{path}.{_key(k)}", v)
+
+
+def dumps_toml(doc: Mapping[str, Any]) -> str:
+    """TOML text for a scenario dict: top tables, arrays of tables, inline content/pattern."""
+    out: list[str] = []
+    for k, v in doc.items():
+        if isinstance(v, Mapping):
+            _table(out, _key(k), v)
+            out.append("")
+        elif isinstance(v, list) and v and all(isinstance(x, Mapping) for x in v):
+            for entry in v:
+                _table(out, _key(k), entry, array=True)
+                out.append("")
+        else:
+            out.insert(0, f"{_key(k)} = {_value(v)}")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def scenario_toml(
+    w: ReferenceWorkload, data: Mapping[str, Any] | None = None, *, guest_time: bool | None = None
+) -> str:
+    head = f"# tiersim scenario for reference workload {w.name!r} (tiersim reference scenario)\n"
+    return head + dumps_toml(to_scenario(w, data, guest_time=guest_time))
+
+
+def to_run_config(
+    w: ReferenceWorkload, data: Mapping[str, Any] | None = None, *, guest_time: bool | None = None
+) -> Any:
+    """The validated RunConfig tiersim runs for `w`."""
+    from tiersim.orchestrator.scenario import loads_scenario
+
+    text = scenario_toml(w, data, guest_time=guest_time)
+    scenario = loads_scenario(text, source=f"<scenario for {w.name}>")
+    return scenario.variants[0]

@@ -1,0 +1,67 @@
+"""`tiersim reference ...`: exit codes and messages."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+from reference_samples import MINIMAL
+
+from tiersim.cli import main
+from tiersim.reference import record as record_mod
+from tiersim.reference.errors import KernelFetchError
+
+
+def test_scenario_prints_a_loadable_scenario(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["reference", "scenario", "zswap-text"]) == 0
+    out = capsys.readouterr().out
+    doc = tomllib.loads(out)
+    assert doc["scenario"]["name"] == "reference-zswap-text"
+    assert doc["workloads"][0]["content"] == "text"
+
+
+def test_list(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["reference", "list"]) == 0
+    assert "zswap-text" in capsys.readouterr().out
+
+
+def test_bad_workload_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "w.toml"
+    path.write_text(MINIMAL.replace('content = "text"', 'content = "nonsense"'))
+    assert main(["reference", "run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:" in err and "workload.content" in err
+
+
+def test_kernel_unavailable_is_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], cache: Path
+) -> None:
+    path = tmp_path / "w.toml"
+    path.write_text(MINIMAL)
+
+    def no_kernel(*args: object, **kwargs: object) -> object:
+        raise KernelFetchError(
+            "cannot get a Linux 7.3 kernel from Debian trixie-backports: offline"
+        )
+
+    monkeypatch.setattr(record_mod, "ensure_tools", lambda **kw: None)
+    monkeypatch.setattr(record_mod, "fetch_kernel", no_kernel)
+    assert main(["reference", "run", str(path), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "tiersim: error: cannot get a Linux 7.3 kernel from Debian trixie-backports: offline"
+    ]
+    assert not list((cache / "work").glob("*")), "the work directory is cleaned up"
+
+
+def test_compare_needs_a_recording(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "w.toml"
+    path.write_text(MINIMAL)
+    assert main(["reference", "compare", str(path), "--data", str(tmp_path / "none.json")]) == 2
+    assert "cannot read recorded data" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"something": 1}))
+    assert main(["reference", "compare", str(path), "--data", str(bad)]) == 2
+    assert "not a reference recording" in capsys.readouterr().err

@@ -1,0 +1,179 @@
+"""Guest configuration, QEMU command lines, the report format and the bounded boot."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from reference_samples import MINIMAL, TIERED
+
+from tiersim.reference.errors import GuestError, GuestTimeout, ToolError
+from tiersim.reference.guest import (
+    BEGIN,
+    END,
+    TAIL,
+    BootFiles,
+    init_script,
+    parse_report,
+    qemu_command,
+    run_qemu,
+)
+from tiersim.reference.spec import parse_workload
+
+
+def _files(tmp_path: Path, swap: bool = True) -> BootFiles:
+    return BootFiles(
+        kernel=tmp_path / "vmlinuz",
+        initramfs=tmp_path / "initrd",
+        data_disk=tmp_path / "data.img",
+        swap_disk=tmp_path / "swap.img" if swap else None,
+        report=tmp_path / "report.txt",
+        console=tmp_path / "console.log",
+    )
+
+
+def test_init_script_applies_the_workload() -> None:
+    text = MINIMAL.replace("[cgroup]", '[cgroup]\nzswap_writeback = false\nzswap_max = "4MiB"')
+    w = parse_workload(text + "\n[tunables]\nswappiness = 100\n")
+    s = init_script(w, ["virtio_blk"])
+    assert s.startswith("#!/bin/sh\n")
+    assert "insmod /lib/modules/virtio_blk.ko" in s
+    assert "echo lz4 > /sys/module/zswap/parameters/compressor" in s
+    # The compressor is set before zswap is enabled.
+    assert s.index("parameters/compressor") < s.index("parameters/enabled")
+    assert "echo Y > /sys/module/zswap/parameters/enabled" in s
+    assert "echo 20 > /sys/module/zswap/parameters/max_pool_percent" in s
+    assert f"echo {8 << 20} > /sys/fs/cgroup/ref/memory.max" in s
+    assert f"echo {4 << 20} > /sys/fs/cgroup/ref/memory.zswap.max" in s
+    assert "echo 0 > /sys/fs/cgroup/ref/memory.zswap.writeback" in s
+    assert "echo 100 > /proc/sys/vm/swappiness" in s
+    assert "echo 0 > /proc/sys/kernel/numa_balancing" in s
+    assert "mkswap /dev/vdb" in s and "swapon /dev/vdb" in s
+    assert "echo never > /sys/kernel/mm/transparent_hugepage/enabled" in s
+    # Counters are read while the workload's memory is still mapped.
+    assert s.index("read done < /run/ctl") < s.index("sec vmstat-end") < s.index("kill -9 $WL")
+    assert s.rstrip().endswith("poweroff -f")
+
+
+def test_init_script_tiers() -> None:
+    s = init_script(parse_workload(TIERED), [])
+    assert "echo true > /sys/kernel/mm/numa/demotion_enabled" in s
+    assert "echo 2 > /proc/sys/kernel/numa_balancing" in s
+    assert "mkswap" not in s
+
+
+def test_qemu_single_node(tmp_path: Path) -> None:
+    cmd = qemu_command(parse_workload(MINIMAL), _files(tmp_path), "qemu-system-x86_64")
+    assert cmd[0] == "qemu-system-x86_64"
+    assert cmd[cmd.index("-accel") + 1] == "tcg"
+    assert cmd[cmd.index("-m") + 1] == "256M"
+    assert "-numa" not in cmd
+    serials = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-serial"]
+    assert serials == [f"file:{tmp_path / 'console.log'}", f"file:{tmp_path / 'report.txt'}"]
+    drives = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-drive"]
+    assert (
+        drives[0].startswith(f"file={tmp_path / 'data.img'},if=virtio")
+        and "readonly=on" in drives[0]
+    )
+    assert drives[1].startswith(f"file={tmp_path / 'swap.img'},if=virtio")
+
+
+def test_qemu_hmat(tmp_path: Path) -> None:
+    cmd = qemu_command(parse_workload(TIERED), _files(tmp_path, swap=False), "qemu")
+    assert cmd[cmd.index("-machine") + 1] == "pc,hmat=on"
+    assert cmd[cmd.index("-m") + 1] == "320M"
+    numa = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-numa"]
+    assert "node,nodeid=0,memdev=m0,initiator=0,cpus=0" in numa
+    assert "node,nodeid=1,memdev=m1,initiator=0" in numa  # no CPUs on node 1
+    assert any("target=1" in n and "latency=250" in n for n in numa)
+    assert any("target=0" in n and "bandwidth=20480M" in n for n in numa)
+    assert any("target=1" in n and "bandwidth=10240M" in n for n in numa)
+    assert "memory-backend-ram,id=m1,size=128M" in cmd
+
+
+def _report(**sections: list[str]) -> str:
+    out = ["noise before"]
+    for name, lines in sections.items():
+        out += [
+            f"{BEGIN}{name.replace('_', '-')}{TAIL}\r",
+            *lines,
+            f"{END}{name.replace('_', '-')}{TAIL}",
+        ]
+    return "\n".join(out) + "\n"
+
+
+GOOD = dict(
+    kernel=["7.3.4+deb13-amd64"],
+    vmstat_start=["nr_free_pages 100", "zswpout 5", "pgfault 10"],
+    vmstat_end=["nr_free_pages 50", "zswpout 105", "pgfault 60"],
+    zswap_end=["stored_pages 40", "pool_total_size 81920"],
+    workload=["npages 10", "elapsed_ns 123", "accesses 20", "stores 10"],
+    meminfo_start=["node0.MemFree 1000", "node0.MemTotal 2000"],
+    tiers=["memory_tier4 0", "memory_tier22 1"],
+    outcome=["completed 1"],
+    status=["ok"],
+)
+
+
+def test_parse_report() -> None:
+    rep = parse_report(_report(**GOOD))
+    assert rep["kernel"] == "7.3.4+deb13-amd64"
+    assert rep["vmstat"] == {"zswpout": 100, "pgfault": 50}  # increases; gauges dropped
+    assert rep["zswap"] == {"stored_pages": 40, "pool_total_size": 81920}
+    assert rep["meminfo"] == {"node0.MemFree": 1024000, "node0.MemTotal": 2048000}
+    assert rep["tiers"] == {"memory_tier4": "0", "memory_tier22": "1"}
+    assert rep["workload"] == {
+        "npages": 10,
+        "elapsed_ns": 123,
+        "accesses": 20,
+        "stores": 10,
+        "completed": 1,
+    }
+
+
+def test_parse_report_killed_workload() -> None:
+    rep = parse_report(_report(**{**GOOD, "workload": ["npages 10"], "outcome": ["completed 0"]}))
+    assert rep["workload"] == {"npages": 10, "completed": 0}
+
+
+def test_parse_report_failures() -> None:
+    with pytest.raises(GuestError, match="status 'missing'"):
+        parse_report("nothing at all", console="[ 1.0] Kernel panic - not syncing")
+    bad = {**GOOD, "status": ["failed"], "error": ["insmod virtio_blk"]}
+    with pytest.raises(GuestError, match="insmod virtio_blk"):
+        parse_report(_report(**bad))
+    with pytest.raises(GuestError, match="the workload failed"):
+        parse_report(_report(**{**GOOD, "workload": ["error open: No such file"]}))
+
+
+def _fake_qemu(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "fake-qemu"
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+def test_hanging_guest_times_out(tmp_path: Path) -> None:
+    console = tmp_path / "console.log"
+    # A "QEMU" that prints a boot line, then hangs -- with a child, as QEMU's
+    # helper threads and processes would: the whole group must die.
+    qemu = _fake_qemu(tmp_path, f"echo 'Booting Linux' > {console}\nsleep 300 &\nsleep 300\n")
+    start = time.monotonic()
+    with pytest.raises(GuestTimeout) as info:
+        run_qemu([str(qemu)], 1.5, console)
+    assert time.monotonic() - start < 10
+    msg = str(info.value)
+    assert "did not finish within 2s" in msg and "QEMU was killed" in msg
+    assert "Booting Linux" in msg
+
+
+def test_qemu_error_is_reported(tmp_path: Path) -> None:
+    qemu = _fake_qemu(tmp_path, "echo 'qemu: -numa: bad option' >&2\nexit 1\n")
+    with pytest.raises(GuestError, match="bad option"):
+        run_qemu([str(qemu)], 10, tmp_path / "console.log")
+
+
+def test_missing_qemu(tmp_path: Path) -> None:
+    with pytest.raises(ToolError, match="not found"):
+        run_qemu([str(tmp_path / "no-such-qemu")], 10, tmp_path / "console.log")

@@ -1,0 +1,75 @@
+"""Re-record every reference workload on the real kernel (slow: QEMU under TCG).
+
+Runs only with ``TIERSIM_REFERENCE=1`` (see ``scripts/reference-ci.sh``).
+Each workload is booted ``TIERSIM_REFERENCE_RUNS`` times (default 3) and its
+recording written to ``TIERSIM_REFERENCE_OUT`` (default: a temporary
+directory; point it at ``reference/data`` to refresh the committed data).
+
+Besides booting and parsing, the test checks that the fresh recording tells
+the same story as the committed one: the workload completed (or was killed)
+as before, and on workloads without NUMA tiers -- where the kernel repeats
+itself within a few per cent -- every checked counter's new range overlaps
+the committed range widened by 10 %. Tiered workloads are only reported:
+kswapd-driven demotion varies several-fold between identical runs under TCG.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tiersim.reference.compare import CHECKED, REL_TOLERANCE, SLACK_PAGES
+from tiersim.reference.record import SCHEMA, record, write_json
+from tiersim.reference.spec import data_dir, library, load_workload
+
+pytestmark = [pytest.mark.reference, pytest.mark.slow, pytest.mark.timeout(3600)]
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    env = os.environ.get("TIERSIM_REFERENCE_OUT")
+    return Path(env) if env else tmp_path_factory.mktemp("recordings")
+
+
+def _overlaps(new: dict[str, int], old: dict[str, int], slack: int) -> bool:
+    lo = old["min"] * (1 - REL_TOLERANCE) - slack
+    hi = old["max"] * (1 + REL_TOLERANCE) + slack
+    return new["max"] >= lo and new["min"] <= hi
+
+
+@pytest.mark.parametrize("name", sorted(library()))
+def test_rerecord(name: str, out_dir: Path) -> None:
+    w = load_workload(name)
+    runs = int(os.environ.get("TIERSIM_REFERENCE_RUNS", "3"))
+    doc = record(w, runs=runs)
+    write_json(out_dir / f"{name}.json", doc)
+
+    assert doc["schema"] == SCHEMA
+    assert doc["runs"] == runs
+    assert doc["kernel"]["release"].startswith("7.3"), doc["kernel"]
+    assert doc["workload_sha256"] == w.digest
+    counters = doc["counters"]
+    if w.tiered:
+        assert doc["guest"]["tiers"] == {"memory_tier4": "0", "memory_tier22": "1"}
+    if w.zswap.enabled and w.content != "zero":
+        assert counters["vmstat.zswpout"]["min"] > 0
+
+    committed = data_dir() / f"{name}.json"
+    if not committed.exists() or committed.resolve().parent == out_dir.resolve():
+        return
+    old = json.loads(committed.read_text())["counters"]
+    assert counters["workload.completed"]["values"][0] == old["workload.completed"]["values"][0]
+    if w.tiered:
+        return
+    drift = []
+    for key in CHECKED:
+        if key in counters and key in old:
+            slack = SLACK_PAGES * (4096 if key == "zswap.pool_total_size" else 1)
+            if not _overlaps(counters[key], old[key], slack):
+                drift.append(f"{key}: now {counters[key]['values']}, was {old[key]['values']}")
+    assert not drift, "the kernel's counters moved since the committed recording:\n" + "\n".join(
+        drift
+    )
