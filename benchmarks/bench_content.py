@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import lz4.block
 import numpy as np
+
 from tiersim.orchestrator.content import PAGE_SIZE, make_content
 from tiersim.orchestrator.workloads import Workload, make_workload
 

@@ -127,10 +127,14 @@ def bench_resident(pages: int, accesses: int) -> None:
         state[chunk.pages] |= 1
         done += len(chunk.pages)
     base = time.perf_counter() - t1
-    print(f"[resident] {proc.accesses:,} accesses ({faults:,} faults) in {wall:.2f}s: "
-          f"{proc.accesses / wall:,.0f} accesses/s")
-    print(f"[resident] baseline generate+gather: {accesses / base:,.0f}/s; "
-          f"engine/baseline = {base / wall:.2f}")
+    print(
+        f"[resident] {proc.accesses:,} accesses ({faults:,} faults) in {wall:.2f}s: "
+        f"{proc.accesses / wall:,.0f} accesses/s"
+    )
+    print(
+        f"[resident] baseline generate+gather: {accesses / base:,.0f}/s; "
+        f"engine/baseline = {base / wall:.2f}"
+    )
 
 
 async def _demote(sim: Simulation, n: int) -> tuple[float, int]:
@@ -170,9 +174,24 @@ def bench_demote(n: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         addr_file = Path(tmp) / "addr"
         node = subprocess.Popen(
-            [sys.executable, "-m", "tiersim", "--log-level", "warning", "node", "--kind", "cram",
-             "--advertised", "2GiB", "--physical", "1GiB", "--name", "cram0",
-             "--address-file", str(addr_file)],
+            [
+                sys.executable,
+                "-m",
+                "tiersim",
+                "--log-level",
+                "warning",
+                "node",
+                "--kind",
+                "cram",
+                "--advertised",
+                "2GiB",
+                "--physical",
+                "1GiB",
+                "--name",
+                "cram0",
+                "--address-file",
+                str(addr_file),
+            ],
             stdout=subprocess.DEVNULL,
         )
         try:
@@ -181,23 +200,25 @@ def bench_demote(n: int) -> None:
                 time.sleep(0.05)
             address = addr_file.read_text().strip()
             sim = Simulation(
-                run_config(DEMOTE.format(address=f'address = "{address}"', footprint=f"{mib}MiB")
-            )
+                run_config(DEMOTE.format(address=f'address = "{address}"', footprint=f"{mib}MiB"))
             )
             gwall, gdemoted = asyncio.run(_demote(sim, n))
         finally:
             node.terminate()
             node.wait(10)
-    print(f"[demote] over gRPC (node in another process): {gdemoted / gwall:,.0f} pages/s; "
-          f"grpc/in-process = {(gdemoted / gwall) / (demoted / wall):.2f}")
+    print(
+        f"[demote] over gRPC (node in another process): {gdemoted / gwall:,.0f} pages/s; "
+        f"grpc/in-process = {(gdemoted / gwall) / (demoted / wall):.2f}"
+    )
 
 
 def bench_footprint(pages: int) -> None:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     mib = pages * 4096 // (1 << 20)
     cfg = run_config(
-        RESIDENT.format(dram=f"{mib + 256}MiB", footprint=f"{mib}MiB", accesses=pages)
-        .replace('kind = "zipf"\nalpha = 0.8', 'kind = "scan"')
+        RESIDENT.format(dram=f"{mib + 256}MiB", footprint=f"{mib}MiB", accesses=pages).replace(
+            'kind = "zipf"\nalpha = 0.8', 'kind = "scan"'
+        )
     )
     sim = Simulation(cfg)
     t0 = time.perf_counter()
@@ -205,14 +226,20 @@ def bench_footprint(pages: int) -> None:
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     per_page = sim.mm.pages.nbytes() / sim.mm.pages.n
-    print(f"[memory] {sim.mm.pages.n:,} pages touched in {wall:.1f}s; page table "
-          f"{sim.mm.pages.nbytes() / 2**20:.1f} MiB = {per_page:.0f} bytes/page (target <= 64)")
-    print(f"[memory] peak RSS grew by {(after - before) / 1024:.1f} MiB "
-          f"= {(after - before) * 1024 / pages:.0f} bytes/page overall")
+    print(
+        f"[memory] {sim.mm.pages.n:,} pages touched in {wall:.1f}s; page table "
+        f"{sim.mm.pages.nbytes() / 2**20:.1f} MiB = {per_page:.0f} bytes/page (target <= 64)"
+    )
+    print(
+        f"[memory] peak RSS grew by {(after - before) / 1024:.1f} MiB "
+        f"= {(after - before) * 1024 / pages:.0f} bytes/page overall"
+    )
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="smaller sizes")
     args = p.parse_args()
     os.environ.setdefault("PYTHONHASHSEED", "0")

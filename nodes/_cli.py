@@ -10,7 +10,7 @@ from ._config import load_settings
 
 _EPILOG = """\
 Sizes accept units (4096, 512MiB, 8GiB); watermarks also a percentage of the
-physical media (2%%). Flags override the same keys of --config.
+physical media (2%). Flags override the same keys of --config.
 
 examples:
   tiersim node --kind cram --advertised 8GiB --physical 1GiB --port 50051
@@ -58,7 +58,9 @@ def register(subparsers: Any) -> None:
         metavar="MODE",
         help="what a write with no physical room does: poison (default) or machine-check",
     )
-    dev.add_argument("--low-watermark", metavar="SIZE|PCT", help="free media for pressure 1000 (2%%)")
+    dev.add_argument(
+        "--low-watermark", metavar="SIZE|PCT", help="free media for pressure 1000 (2%%)"
+    )
     dev.add_argument("--high-watermark", metavar="SIZE|PCT", help="free media for pressure 0 (5%%)")
     dev.add_argument(
         "--per-page-overhead", metavar="BYTES", help="media per stored page besides its payload"
@@ -79,6 +81,9 @@ def register(subparsers: Any) -> None:
         metavar="X",
         help="also sleep modelled cost x X (default 0: never sleep)",
     )
+    from tiersim._security import add_server_flags
+
+    add_server_flags(p.add_argument_group("security (required beyond loopback)"))
     p.set_defaults(func=run)
 
 
@@ -87,4 +92,8 @@ def run(args: argparse.Namespace) -> int:
 
     cli = {key: getattr(args, attr, None) for attr, key in _FLAGS.items()}
     config, options = load_settings(args.config, cli)
-    return asyncio.run(serve(config, options))
+    from tiersim._security import server_security_from_args
+
+    security = server_security_from_args(args)
+    security.check_bind(options.host)
+    return asyncio.run(serve(config, options, security=security))

@@ -120,9 +120,7 @@ def _watermark(value: object, key: str, physical: int, err: ErrorFactory) -> int
     return _size(value, key, err)
 
 
-def _latency(
-    kind: NodeKind, overrides: object, key: str, err: ErrorFactory
-) -> LatencyProfile:
+def _latency(kind: NodeKind, overrides: object, key: str, err: ErrorFactory) -> LatencyProfile:
     base = DEFAULT_LATENCY[kind]
     if overrides is None:
         return base
@@ -231,9 +229,7 @@ def build_node_config(values: Mapping[str, Any], err: ErrorFactory = _plain_erro
     overhead_default = DEFAULT_CRAM_OVERHEAD if kind is NodeKind.CRAM else 0
     overhead_raw = values.get("per_page_overhead")
     overhead = (
-        overhead_default
-        if overhead_raw is None
-        else _size(overhead_raw, "per_page_overhead", err)
+        overhead_default if overhead_raw is None else _size(overhead_raw, "per_page_overhead", err)
     )
     if overhead and kind is not NodeKind.CRAM:
         raise err(
@@ -242,17 +238,13 @@ def build_node_config(values: Mapping[str, Any], err: ErrorFactory = _plain_erro
         )
     if overhead >= PAGE_SIZE:
         raise err("per_page_overhead", f"must be below the page size ({PAGE_SIZE})")
-    if overhead * (advertised // PAGE_SIZE) >= physical:
-        raise err(
-            "per_page_overhead",
-            f"{overhead} bytes for each of {advertised // PAGE_SIZE} advertised pages would "
-            f"not fit in {physical} bytes of media",
-        )
 
-    low = _watermark(values.get("low_watermark", DEFAULT_LOW_WATERMARK), "low_watermark",
-                     physical, err)
-    high = _watermark(values.get("high_watermark", DEFAULT_HIGH_WATERMARK), "high_watermark",
-                      physical, err)
+    low = _watermark(
+        values.get("low_watermark", DEFAULT_LOW_WATERMARK), "low_watermark", physical, err
+    )
+    high = _watermark(
+        values.get("high_watermark", DEFAULT_HIGH_WATERMARK), "high_watermark", physical, err
+    )
     if low > physical:
         raise err("low_watermark", f"{low} bytes exceeds the physical media ({physical})")
     if high > physical:
@@ -374,13 +366,9 @@ class _Source:
 
     def error(self, key: str, message: str) -> ConfigError:
         top = key.split(".", 1)[0]
-        if top in self.cli_keys:
+        if top in self.cli_keys or self.file is None:
             return ConfigError(message, key="--" + top.replace("_", "-"))
-        if self.file is not None:
-            return ConfigError(
-                message, file=self.file, line=find_key_line(self.text, key), key=key
-            )
-        return ConfigError(message, key=key)
+        return ConfigError(message, file=self.file, line=find_key_line(self.text, key), key=key)
 
 
 def read_toml(path: str | Path) -> tuple[dict[str, Any], str]:
@@ -395,8 +383,13 @@ def read_toml(path: str | Path) -> tuple[dict[str, Any], str]:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
+        # Python 3.14 gives exc.lineno; before, the position is only in the message.
         line = getattr(exc, "lineno", None)
-        msg = getattr(exc, "msg", None) or str(exc)
+        msg = str(exc)
+        m = re.search(r"\s*\(at line (\d+), column \d+\)$", msg)
+        if m:
+            line = line or int(m.group(1))
+            msg = msg[: m.start()]
         raise ConfigError(f"malformed TOML: {msg}", file=str(path), line=line) from None
     return data, text
 
@@ -412,11 +405,11 @@ def load_settings(
         source.file, source.text = str(toml_path), text
         for key in data:
             if key not in TOML_KEYS:
-                raise source.error(
-                    key, f"unknown setting (known: {', '.join(sorted(TOML_KEYS))})"
-                )
+                raise source.error(key, f"unknown setting (known: {', '.join(sorted(TOML_KEYS))})")
         raw.update(data)
     for key, value in cli.items():
+        if key not in TOML_KEYS:
+            raise ConfigError("unknown setting", key="--" + key.replace("_", "-"))
         if value is not None:
             raw[key] = value
             source.cli_keys.add(key)

@@ -55,7 +55,7 @@ def latency_from_pb(m: pb.LatencyProfile) -> LatencyProfile:
 def info_to_pb(i: NodeInfo) -> pb.NodeInfo:
     return pb.NodeInfo(
         name=i.name,
-        kind=int(i.kind),  # type: ignore[arg-type]
+        kind=pb.NodeKind.ValueType(int(i.kind)),
         advertised_bytes=i.advertised_bytes,
         physical_bytes=i.physical_bytes,
         page_size=i.page_size,
@@ -64,7 +64,7 @@ def info_to_pb(i: NodeInfo) -> pb.NodeInfo:
             low_free_bytes=i.watermarks.low_free_bytes,
             high_free_bytes=i.watermarks.high_free_bytes,
         ),
-        overflow_mode=int(i.overflow_mode),  # type: ignore[arg-type]
+        overflow_mode=pb.OverflowMode.ValueType(int(i.overflow_mode)),
         per_page_overhead_bytes=i.per_page_overhead_bytes,
         max_batch_pages=i.max_batch_pages,
         seed=i.seed,
@@ -144,30 +144,28 @@ def event_from_pb(m: pb.PressureEvent) -> PressureEvent:
 
 def results_to_pb(r: BatchResult, out: pb.StoreBatchResult | pb.LoadBatchResult) -> None:
     """Fill `out.results`, `out.cost_ns` and `out.state` from a device result."""
+    # Attribute stores on a fresh element are the cheapest way to fill repeated
+    # messages in upb; code and message are left at their defaults when OK.
     add = out.results.add
-    if r.data:
-        for h, c, s, t, msg, d in zip(
-            r.handles, r.codes, r.stored_bytes, r.costs_ns, r.messages, r.data, strict=True
-        ):
-            if msg:
-                add(handle=h, code=c, stored_bytes=s, cost_ns=t, message=msg, data=d)
-            else:
-                add(handle=h, code=c, stored_bytes=s, cost_ns=t, data=d)
-    else:
-        for h, c, s, t, msg in zip(
-            r.handles, r.codes, r.stored_bytes, r.costs_ns, r.messages, strict=True
-        ):
-            if msg:
-                add(handle=h, code=c, stored_bytes=s, cost_ns=t, message=msg)
-            else:
-                add(handle=h, code=c, stored_bytes=s, cost_ns=t)
+    datas = r.data or None
+    for i, (h, c, size, t) in enumerate(
+        zip(r.handles, r.codes, r.stored_bytes, r.costs_ns, strict=True)
+    ):
+        m = add()
+        m.handle = h
+        m.stored_bytes = size
+        m.cost_ns = t
+        if c:
+            m.code = c
+            m.message = r.messages[i]
+        if datas is not None:
+            m.data = datas[i]
     out.cost_ns = r.cost_ns
-    s = r.state
-    st = out.state
-    st.pressure = s.pressure
-    st.physical_used_bytes = s.physical_used_bytes
-    st.free_bytes = s.free_bytes
-    st.allocated_pages = s.allocated_pages
+    state, st = r.state, out.state
+    st.pressure = state.pressure
+    st.physical_used_bytes = state.physical_used_bytes
+    st.free_bytes = state.free_bytes
+    st.allocated_pages = state.allocated_pages
 
 
 def results_from_pb(
@@ -247,26 +245,33 @@ def varint(n: int) -> bytes:
 _SMALL_VARINTS = [bytes([i]) for i in range(0x80)]
 
 
+# Headers of the common pages, precomputed: a whole page with handle 0, and the
+# length prefix of a whole page whose handle varint takes k bytes.
+_HEAD_NEW_PAGE = _TAG_PAGES + varint(3 + 4096) + _TAG_DATA_PAGE
+_LEN_WITH_HANDLE = [b""] + [varint(1 + k + 3 + 4096) for k in range(1, 11)]
+
+
 def encode_store_batch(
     pages: Sequence[tuple[int, bytes]], *, check: bool, issue_time_ns: int, batch_id: int
 ) -> bytes:
     """Serialise a StoreBatch. Pages of any length are encoded faithfully (the
-    node, not the client, judges them)."""
+    node, not the client, judges them). Handles must be 0..2**64-1."""
     parts: list[bytes] = []
     append = parts.append
     for handle, data in pages:
+        if handle < 0 or handle >= 1 << 64:
+            raise ValueError(f"handle {handle} is not a uint64")
         dlen = len(data)
         if dlen == 4096:
-            head = _TAG_DATA_PAGE
-            body_len = 3 + dlen
+            if handle == 0:
+                append(_HEAD_NEW_PAGE)
+            else:
+                hv = varint(handle)
+                append(_TAG_PAGES + _LEN_WITH_HANDLE[len(hv)] + _TAG_HANDLE + hv + _TAG_DATA_PAGE)
         else:
             head = b"\x12" + varint(dlen)
-            body_len = len(head) + dlen
-        if handle:
-            hv = _TAG_HANDLE + varint(handle)
-            append(_TAG_PAGES + varint(body_len + len(hv)) + hv + head)
-        else:
-            append(_TAG_PAGES + varint(body_len) + head)
+            hv = _TAG_HANDLE + varint(handle) if handle else b""
+            append(_TAG_PAGES + varint(len(hv) + len(head) + dlen) + hv + head)
         append(data)
     if check:
         append(_TAG_CHECK)

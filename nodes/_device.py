@@ -25,6 +25,7 @@ changes nothing but `rejected_requests`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import ClassVar
@@ -62,6 +63,10 @@ _INVALID = grpc.StatusCode.INVALID_ARGUMENT
 _NOT_FOUND = grpc.StatusCode.NOT_FOUND
 _EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 _PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
+
+# How a page lies on the media: (blob, payload bytes, compressor in, compressor out).
+Encoded = tuple[bytes, int, int, int]
+_ZERO_ENCODED: Encoded = (b"", 0, 0, 0)
 
 # Metadata arrays start small and double, so a huge advertised capacity costs
 # nothing until it is used.
@@ -131,11 +136,14 @@ class MemoryDevice:
     """Base of all device models. Subclasses say how a page sits on the media."""
 
     kind: ClassVar[NodeKind]
-    _kind_name: ClassVar[str] = "memory"
+    # Whether storing runs a compressor (worth doing off the event loop).
+    compresses: ClassVar[bool] = False
 
     def __init__(self, config: NodeConfig) -> None:
         if config.kind is not self.kind:
-            raise ValueError(f"{type(self).__name__} models {self.kind.name}, not {config.kind.name}")
+            raise ValueError(
+                f"{type(self).__name__} models {self.kind.name}, not {config.kind.name}"
+            )
         self.config = config
         self._physical = config.physical_bytes
         self._capacity = config.advertised_pages
@@ -274,6 +282,26 @@ class MemoryDevice:
         """Read a payload back: (the 4096 page bytes, bytes out of the decompressor)."""
         return blob, 0
 
+    def encode_pages(self, datas: Sequence[object]) -> list[Encoded | None]:
+        """How each page would lie on the media, computed ahead of `store`.
+
+        A pure function of the bytes (no device state is read or written), so a
+        server may run it on a worker thread while its event loop receives the
+        next batch, then pass the result to `store(..., encoded=...)`, which
+        stays atomic. Entries that are not a valid page are None; `store`
+        validates the request itself.
+        """
+        encode = self._encode
+        out: list[Encoded | None] = []
+        for data in datas:
+            if type(data) is not bytes or len(data) != PAGE_SIZE:
+                out.append(None)
+            elif data == ZERO_PAGE:
+                out.append(_ZERO_ENCODED)
+            else:
+                out.append(encode(data))
+        return out
+
     # ------------------------------------------------------------ pressure
 
     def subscribe(self, maxlen: int = 64) -> PressureSubscriber:
@@ -284,10 +312,8 @@ class MemoryDevice:
         return sub
 
     def _unsubscribe(self, sub: PressureSubscriber) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             self._subscribers.remove(sub)
-        except ValueError:
-            pass
 
     @property
     def subscriber_count(self) -> int:
@@ -319,6 +345,10 @@ class MemoryDevice:
         self._c_rejected += 1
         return NodeError(code, message)
 
+    def count_rejected(self) -> None:
+        """Count a request refused before it reached the model (e.g. undecodable)."""
+        self._c_rejected += 1
+
     def _check_serving(self) -> None:
         if self._machine_check:
             raise self._reject(
@@ -333,81 +363,101 @@ class MemoryDevice:
                 _INVALID, f"{what} batch of {n} pages exceeds max_batch_pages={self._max_batch}"
             )
 
-    def _check_handles(self, handles: Sequence[int], allow_zero: bool) -> None:
-        """Every handle an allocated int, none twice (handle 0 skipped when allowed)."""
-        seen: set[int] = set()
-        top = self._next_slot
-        missing = None
-        for h in handles:
-            if type(h) is not int:
-                if isinstance(h, int | np.integer) and not isinstance(h, bool):
-                    h = int(h)
-                else:
+    def _check_handles(self, handles: Sequence[int], allow_zero: bool) -> np.ndarray:
+        """Every handle an allocated int, none twice (handle 0 skipped when allowed).
+
+        Returns the slots (handle - 1) of the non-zero handles, in request order.
+        """
+        n = len(handles)
+        if not all(type(h) is int for h in handles):
+            for h in handles:
+                if isinstance(h, bool) or not isinstance(h, int | np.integer):
                     raise self._reject(_INVALID, f"handle {h!r} is not an integer")
-            if h <= 0:
-                if h == 0 and allow_zero:
-                    continue
-                if h < 0:
-                    raise self._reject(_INVALID, f"handle {h} is negative")
-            if h in seen:
-                raise self._reject(_INVALID, f"handle {h} appears twice in one batch")
-            seen.add(h)
-            if missing is None and (h == 0 or h > top):
-                missing = h
-        if missing is None and seen:
-            slots = np.fromiter(seen, dtype=np.int64, count=len(seen)) - 1
-            free = slots[self._state[slots] == FREE]
-            if free.size:
-                missing = int(free.min()) + 1
-        if missing is not None:
-            raise self._reject(_NOT_FOUND, f"handle {missing} is not allocated on this node")
+            handles = [int(h) for h in handles]
+        try:
+            arr = np.fromiter(handles, dtype=np.int64, count=n)
+        except OverflowError:
+            big = next(h for h in handles if h >= 2**63)
+            raise self._reject(_NOT_FOUND, f"handle {big} is not allocated on this node") from None
+        if allow_zero:
+            arr = arr[arr != 0]
+        if arr.size == 0:
+            return arr
+        if int(arr.min()) < 0:
+            raise self._reject(_INVALID, f"handle {int(arr[arr < 0][0])} is negative")
+        uniq, counts = np.unique(arr, return_counts=True)
+        if uniq.size != arr.size:
+            raise self._reject(
+                _INVALID, f"handle {int(uniq[counts > 1][0])} appears twice in one batch"
+            )
+        if int(uniq[0]) == 0 or int(uniq[-1]) > self._next_slot:
+            bad = 0 if int(uniq[0]) == 0 else int(uniq[-1])
+            raise self._reject(_NOT_FOUND, f"handle {bad} is not allocated on this node")
+        slots = arr - 1
+        free = slots[self._state[slots] == FREE]
+        if free.size:
+            raise self._reject(
+                _NOT_FOUND, f"handle {int(free[0]) + 1} is not allocated on this node"
+            )
+        return slots
 
     # ------------------------------------------------------------ slots
 
-    def _take_slot(self, hint: int) -> int:
-        if self._free_slots:
-            slot = self._free_slots.pop()
-        else:
-            slot = self._next_slot
-            self._next_slot += 1
-            if slot >= self._state.shape[0]:
-                grown = min(self._capacity, max(_INITIAL_SLOTS, 2 * self._state.shape[0]))
-                for name in ("_state", "_size", "_hint"):
-                    old = getattr(self, name)
-                    new = np.zeros(grown, dtype=old.dtype)
-                    new[: old.shape[0]] = old
-                    setattr(self, name, new)
-        self._state[slot] = RESERVED
-        self._hint[slot] = hint
-        self._size[slot] = 0
-        self._allocated += 1
-        self._reserved_bytes += hint
-        return slot
+    def _grow(self, slots: int) -> None:
+        """Make the metadata arrays hold at least `slots` entries."""
+        size = self._state.shape[0]
+        if slots <= size:
+            return
+        grown = min(self._capacity, max(slots, 2 * size))
+        for name in ("_state", "_size", "_hint"):
+            old = getattr(self, name)
+            new = np.zeros(grown, dtype=old.dtype)
+            new[:size] = old
+            setattr(self, name, new)
 
-    def _release(self, slot: int) -> None:
-        """Drop whatever a slot holds (payload, promise, poison); it stays allocated."""
-        st = self._state[slot]
-        if st == RESERVED:
-            self._reserved_bytes -= int(self._hint[slot])
-            self._hint[slot] = 0
-        elif st == STORED:
-            self._stored -= 1
-            self._stored_bytes -= int(self._size[slot])
-            self._size[slot] = 0
-            del self._blobs[slot]
-        elif st == ZERO:
-            self._stored -= 1
-            self._zero -= 1
-        elif st == POISONED:
-            self._poisoned -= 1
+    def _new_slots(self, count: int) -> list[int]:
+        """Pick `count` free slots: most recently freed first, then fresh ones."""
+        free = self._free_slots
+        take = min(count, len(free))
+        slots = [free.pop() for _ in range(take)]
+        if take < count:
+            first = self._next_slot
+            self._next_slot += count - take
+            self._grow(self._next_slot)
+            slots.extend(range(first, self._next_slot))
+        return slots
 
-    def _free_slot(self, slot: int) -> None:
-        self._release(slot)
-        self._state[slot] = FREE
-        self._allocated -= 1
-        self._free_slots.append(slot)
+    def _drop(self, slots: np.ndarray) -> np.ndarray:
+        """Release what `slots` hold (payload, promise, poison); they stay allocated.
 
-    def _allocation_refusal(self, count: int, check: bool, size_hint: int) -> str | None:
+        Vectorised over a batch. Invariant relied on: size is 0 unless STORED
+        and hint is 0 unless RESERVED. Returns the previous states.
+        """
+        states = self._state[slots]
+        counts = np.bincount(states, minlength=5).tolist()
+        self._stored -= counts[STORED] + counts[ZERO]
+        self._zero -= counts[ZERO]
+        self._poisoned -= counts[POISONED]
+        if counts[STORED]:
+            self._stored_bytes -= int(self._size[slots].sum(dtype=np.int64))
+            self._size[slots] = 0
+            blobs = self._blobs
+            for slot in slots[states == STORED].tolist():
+                del blobs[slot]
+        if counts[RESERVED]:
+            self._reserved_bytes -= int(self._hint[slots].sum(dtype=np.int64))
+            self._hint[slots] = 0
+        return states
+
+    def _free_slots_now(self, slots: np.ndarray) -> None:
+        self._drop(slots)
+        self._state[slots] = FREE
+        self._allocated -= slots.size
+        self._free_slots.extend(slots.tolist())
+
+    def _refusal(
+        self, count: int, check: bool, size_hint: int, allocated: int, used: int, reserved: int
+    ) -> str | None:
         """Why `count` more pages may not be allocated, or None if they may.
 
         The checked form is the driver's answer to node_private_allocated()
@@ -415,21 +465,22 @@ class MemoryDevice:
         hinted size, and for every page already promised but not yet written,
         without free media falling below the low watermark.
         """
-        if self._allocated + count > self._capacity:
+        if allocated + count > self._capacity:
             return (
-                f"advertised capacity reached: {self._allocated} of {self._capacity} pages "
+                f"advertised capacity reached: {allocated} of {self._capacity} pages "
                 f"allocated, {count} more requested"
             )
-        if count * self._overhead > self.free_bytes:
+        free = self._physical - used
+        if count * self._overhead > free:
             # Even an unchecked allocation needs media for its translation entries;
             # without this, full media would report negative free bytes.
             return (
                 f"media full: no room for the {self._overhead}-byte translation entries "
-                f"of {count} more page(s) ({self.free_bytes} bytes free)"
+                f"of {count} more page(s) ({free} bytes free)"
             )
         if check:
             each = (size_hint or PAGE_SIZE) + self._overhead
-            after = self.free_bytes - self._reserved_bytes - count * each
+            after = free - reserved - count * each
             if after < self._low:
                 return (
                     f"no headroom: {count} page(s) of up to {each} bytes would leave "
@@ -447,12 +498,14 @@ class MemoryDevice:
         if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
             raise self._reject(_INVALID, f"count must be a positive integer, got {count!r}")
         if count > self._max_batch:
-            raise self._reject(
-                _INVALID, f"count {count} exceeds max_batch_pages={self._max_batch}"
-            )
+            raise self._reject(_INVALID, f"count {count} exceeds max_batch_pages={self._max_batch}")
+        if isinstance(size_hint, bool) or not isinstance(size_hint, int):
+            raise self._reject(_INVALID, f"size_hint must be an integer, got {size_hint!r}")
         if not 0 <= size_hint <= PAGE_SIZE:
             raise self._reject(_INVALID, f"size_hint_bytes must be 0..{PAGE_SIZE}, got {size_hint}")
-        refusal = self._allocation_refusal(count, check, size_hint)
+        refusal = self._refusal(
+            count, check, size_hint, self._allocated, self.physical_used_bytes, self._reserved_bytes
+        )
         if refusal is not None:
             if check:
                 self._c_alloc_refused += 1
@@ -460,14 +513,46 @@ class MemoryDevice:
                 self._c_rejected += 1
             raise NodeError(_EXHAUSTED, refusal)
         hint = size_hint or PAGE_SIZE
-        handles = [self._take_slot(hint) + 1 for _ in range(count)]
+        slots = self._new_slots(count)
+        idx = np.array(slots, dtype=np.int64)
+        self._state[idx] = RESERVED
+        self._hint[idx] = hint
+        self._allocated += count
+        self._reserved_bytes += hint * count
         cost = self.latency.query_cost() if check else 0
         self._c_busy_ns += cost
         self._update_pressure(now_ns)
-        return AllocateResult(handles=handles, cost_ns=cost, state=self.state())
+        return AllocateResult(handles=[s + 1 for s in slots], cost_ns=cost, state=self.state())
+
+    def _validate_pages(self, pages: Sequence[tuple[int, bytes]]) -> tuple[list[int], list[bytes]]:
+        """Split (handle, data) pairs; every data exactly one page of bytes."""
+        try:
+            if set(map(len, pages)) != {2}:
+                raise TypeError
+            handles = [p[0] for p in pages]
+            datas = [p[1] for p in pages]
+        except (TypeError, IndexError, KeyError):
+            raise self._reject(_INVALID, "a page is a (handle, data) pair") from None
+        if set(map(type, datas)) != {bytes}:
+            for i, data in enumerate(datas):
+                if type(data) is not bytes:
+                    if not isinstance(data, bytearray | memoryview):
+                        raise self._reject(
+                            _INVALID, f"page data must be bytes, not {type(data).__name__}"
+                        )
+                    datas[i] = bytes(data)
+        if set(map(len, datas)) != {PAGE_SIZE}:
+            bad = next(len(d) for d in datas if len(d) != PAGE_SIZE)
+            raise self._reject(_INVALID, f"page data is {bad} bytes; pages are exactly {PAGE_SIZE}")
+        return handles, datas
 
     def store(
-        self, pages: Sequence[tuple[int, bytes]], *, check: bool = False, now_ns: int = 0
+        self,
+        pages: Sequence[tuple[int, bytes]],
+        *,
+        check: bool = False,
+        now_ns: int = 0,
+        encoded: Sequence[Encoded | None] | None = None,
     ) -> BatchResult:
         """Write pages; handle 0 allocates first (checked if `check`).
 
@@ -475,111 +560,173 @@ class MemoryDevice:
         DATA_LOSS when the payload found no physical room in poison mode (the
         page is poisoned); FAILED_PRECONDITION for the page that raised a
         machine check and every page after it (none of them is written).
+
+        A checked allocation for a page being stored assumes the worst case (a
+        page that does not compress): the driver is asked before the data
+        reaches it, as in zswap's direct mode.
+
+        `encoded`, when given, is `encode_pages()` of the same page bytes.
         """
         self._check_serving()
         n = len(pages)
         self._check_batch_len(n, "store")
-        datas: list[bytes] = []
-        for _, data in pages:
-            if type(data) is not bytes:
-                if not isinstance(data, bytearray | memoryview):
-                    raise self._reject(_INVALID, f"page data must be bytes, not {type(data).__name__}")
-                data = bytes(data)
-            if len(data) != PAGE_SIZE:
-                raise self._reject(
-                    _INVALID, f"page data is {len(data)} bytes; pages are exactly {PAGE_SIZE}"
-                )
-            datas.append(data)
-        self._check_handles([h for h, _ in pages], allow_zero=True)
+        hs, datas = self._validate_pages(pages)
+        if encoded is not None and len(encoded) != n:
+            raise ValueError("encoded must hold one entry per page")
+        explicit = self._check_handles(hs, allow_zero=True)
+        hs = [int(h) for h in hs]
 
-        state_arr, size_arr, blobs = self._state, self._size, self._blobs
-        latency, overhead, physical = self.latency, self._overhead, self._physical
-        encode = self._encode
-        out_handles: list[int] = []
-        codes: list[int] = []
-        sizes: list[int] = []
-        costs: list[int] = []
-        messages: list[str] = []
+        # What the named pages hold now, gathered once; then the batch runs on
+        # plain ints and the arrays are written back in one go at the end.
+        if explicit.size:
+            old_states = self._state[explicit].tolist()
+            old_sizes = self._size[explicit].tolist()
+            old_hints = self._hint[explicit].tolist()
+        k = 0
+        w_slots: list[int] = []
+        w_states: list[int] = []
+        w_sizes: list[int] = []
+        reserved_slot = -1  # a slot allocated, then left unwritten by a machine check
+        blobs, encode = self._blobs, self._encode
+        physical, overhead, capacity = self._physical, self._overhead, self._capacity
+        allocated, stored_bytes, reserved = (
+            self._allocated,
+            self._stored_bytes,
+            self._reserved_bytes,
+        )
+        stored, zero, poisoned = self._stored, self._zero, self._poisoned
+        c_in = c_out = c_stores = c_refused = 0
+        poison_mode = self._poison_mode
+        free_slots, next_slot = self._free_slots, self._next_slot
+        # Jitter is drawn after the loop, in page order: the base cost of each draw
+        # and the page it belongs to.
+        latency = self.latency
+        page_write, compress_rate = latency.page_write_base, latency.compress_ns_per_byte
+        bases: list[float] = []
+        owners: list[int] = []
+
+        out_handles = hs[:]
+        codes = [OK] * n
+        sizes = [0] * n
+        messages = [""] * n
         transferred = 0
         for i in range(n):
-            h = int(pages[i][0])
-            data = datas[i]
-            extra = 0
+            h = hs[i]
             if h == 0:
-                refusal = self._allocation_refusal(1, check, 0)
-                if check:
-                    extra = latency.query_cost()
-                if refusal is not None:
+                if (
+                    check
+                    or allocated >= capacity
+                    or stored_bytes + overhead * (allocated + 1) > physical
+                ):
                     if check:
-                        self._c_alloc_refused += 1
-                    out_handles.append(0)
-                    codes.append(RESOURCE_EXHAUSTED)
-                    sizes.append(0)
-                    costs.append(extra)
-                    messages.append(refusal)
-                    continue
-                slot = self._take_slot(PAGE_SIZE)
-                h = slot + 1
-                state_arr, size_arr = self._state, self._size  # may have grown
+                        bases.append(latency.query_base)
+                        owners.append(i)
+                    refusal = self._refusal(
+                        1, check, 0, allocated, stored_bytes + overhead * allocated, reserved
+                    )
+                    if refusal is not None:
+                        c_refused += check
+                        codes[i] = RESOURCE_EXHAUSTED
+                        messages[i] = refusal
+                        continue
+                if free_slots:
+                    slot = free_slots.pop()
+                else:
+                    slot = next_slot
+                    next_slot += 1
+                out_handles[i] = h = slot + 1
+                st, old, hint = RESERVED, 0, PAGE_SIZE
+                allocated += 1
+                reserved += PAGE_SIZE
             else:
                 slot = h - 1
+                st, old, hint = old_states[k], old_sizes[k], old_hints[k]
+                k += 1
             transferred += PAGE_SIZE
-            if data == ZERO_PAGE:
-                blob, new, cin, cout = b"", 0, 0, 0
-            else:
-                blob, new, cin, cout = encode(data)
-                self._c_compress_in += cin
-                self._c_compress_out += cout
-            cost = extra + latency.page_write_cost(cin)
-            old = int(size_arr[slot])
-            used = self._stored_bytes + overhead * self._allocated
+            enc = encoded[i] if encoded is not None else None
+            if enc is None:
+                data = datas[i]
+                enc = _ZERO_ENCODED if data == ZERO_PAGE else encode(data)
+            blob, new, cin, cout = enc
+            c_in += cin
+            c_out += cout
+            bases.append(page_write + compress_rate * cin)
+            owners.append(i)
+            used = stored_bytes + overhead * allocated
             if used - old + new > physical:
                 # The hardware failure: a write with no physical room left.
+                room = physical - used + old
                 self._c_write_failures += 1
-                free = physical - used
-                if not self._poison_mode:
+                if not poison_mode:
                     self._machine_check = True
                     self._c_machine_checks += 1
-                    msg = f"machine check: write of {new} bytes found {free + old} bytes of room"
-                    out_handles.append(h)
-                    codes.append(FAILED_PRECONDITION)
-                    sizes.append(old)
-                    costs.append(cost)
-                    messages.append(msg)
-                    for j in range(i + 1, n):
-                        out_handles.append(int(pages[j][0]))
-                        codes.append(FAILED_PRECONDITION)
-                        sizes.append(0)
-                        costs.append(0)
-                        messages.append("not written: the node raised a machine check")
+                    if hs[i] == 0:
+                        reserved_slot = slot
+                    sizes[i] = old
+                    codes[i:] = [FAILED_PRECONDITION] * (n - i)
+                    messages[i] = f"machine check: write of {new} bytes found {room} bytes of room"
+                    messages[i + 1 :] = ["not written: the node raised a machine check"] * (
+                        n - i - 1
+                    )
                     break
-                self._release(slot)
-                state_arr[slot] = POISONED
-                self._poisoned += 1
-                out_handles.append(h)
-                codes.append(DATA_LOSS)
-                sizes.append(0)
-                costs.append(cost)
-                messages.append(
-                    f"write of {new} bytes found {free + old} bytes of room: page poisoned"
-                )
-                continue
-            self._release(slot)
-            self._stored += 1
-            if new == 0:
-                state_arr[slot] = ZERO
-                self._zero += 1
+                messages[i] = f"write of {new} bytes found {room} bytes of room: page poisoned"
+                codes[i] = DATA_LOSS
+                new_state, new = POISONED, 0
             else:
-                state_arr[slot] = STORED
-                size_arr[slot] = new
+                new_state = STORED if new else ZERO
+                c_stores += 1
+            # Leave the old state...
+            if st == RESERVED:
+                reserved -= hint
+            elif st == STORED:
+                stored_bytes -= old
+                stored -= 1
+                if new_state != STORED:
+                    del blobs[slot]
+            elif st == ZERO:
+                stored -= 1
+                zero -= 1
+            else:  # POISONED
+                poisoned -= 1
+            # ...and enter the new one.
+            if new_state == STORED:
+                stored += 1
+                stored_bytes += new
                 blobs[slot] = blob
-                self._stored_bytes += new
-            self._c_stores += 1
-            out_handles.append(h)
-            codes.append(OK)
-            sizes.append(new)
-            costs.append(cost)
-            messages.append("")
+                sizes[i] = new
+            elif new_state == ZERO:
+                stored += 1
+                zero += 1
+            else:
+                poisoned += 1
+            w_slots.append(slot)
+            w_states.append(new_state)
+            w_sizes.append(new)
+
+        if next_slot != self._next_slot:
+            self._next_slot = next_slot
+            self._grow(next_slot)
+        if w_slots:
+            idx = np.array(w_slots, dtype=np.int64)
+            self._state[idx] = w_states
+            self._size[idx] = w_sizes
+            self._hint[idx] = 0
+        if reserved_slot >= 0:
+            self._state[reserved_slot] = RESERVED
+            self._hint[reserved_slot] = PAGE_SIZE
+        self._allocated, self._stored_bytes, self._reserved_bytes = (
+            allocated,
+            stored_bytes,
+            reserved,
+        )
+        self._stored, self._zero, self._poisoned = stored, zero, poisoned
+        self._c_stores += c_stores
+        self._c_alloc_refused += c_refused
+        self._c_compress_in += c_in
+        self._c_compress_out += c_out
+        costs = [0] * n
+        for i, cost in zip(owners, latency.jitter_many(bases), strict=True):
+            costs[i] += cost
         return self._finish(out_handles, codes, sizes, costs, messages, [], now_ns, transferred)
 
     def load(
@@ -593,73 +740,62 @@ class MemoryDevice:
         self._check_serving()
         n = len(handles)
         self._check_batch_len(n, "load")
-        self._check_handles(handles, allow_zero=False)
-        state_arr, size_arr, blobs = self._state, self._size, self._blobs
-        latency, decode = self.latency, self._decode
-        hs = [int(h) for h in handles]
-        codes: list[int] = []
-        sizes: list[int] = []
-        costs: list[int] = []
-        messages: list[str] = []
-        datas: list[bytes] = []
-        for h in hs:
-            slot = h - 1
-            st = state_arr[slot]
-            size = 0
+        slots = self._check_handles(handles, allow_zero=False)
+        states = self._state[slots].tolist()
+        old_sizes = self._size[slots].tolist()
+        blobs, decode, latency = self._blobs, self._decode, self.latency
+        read_base, decompress_rate = latency.page_read_base, latency.decompress_ns_per_byte
+        hs = (slots + 1).tolist()
+        codes = [OK] * n
+        messages = [""] * n
+        datas: list[bytes] = [ZERO_PAGE] * n  # RESERVED and ZERO pages read back as zeros
+        bases = [read_base] * n
+        d_out = lost = 0
+        for i, st in enumerate(states):
             if st == STORED:
-                size = int(size_arr[slot])
-                data, dout = decode(blobs[slot], size)
-                self._c_decompress_out += dout
-                cost = latency.page_read_cost(dout)
-                code, msg = OK, ""
-                self._c_loads += 1
+                datas[i], dout = decode(blobs[hs[i] - 1], old_sizes[i])
+                if dout:
+                    d_out += dout
+                    bases[i] = read_base + decompress_rate * dout
             elif st == POISONED:
-                data, code = b"", DATA_LOSS
-                msg = f"page {h} is poisoned: an earlier write found no physical room"
-                cost = latency.page_read_cost(0)
-                self._c_data_loss_reads += 1
-            else:  # RESERVED or ZERO: the page reads back as zeros
-                data, code, msg = ZERO_PAGE, OK, ""
-                cost = latency.page_read_cost(0)
-                self._c_loads += 1
-            if free_after:
-                self._free_slot(slot)
-                self._c_frees += 1
-                size = 0
-            codes.append(code)
-            sizes.append(size)
-            costs.append(cost)
-            messages.append(msg)
-            datas.append(data)
-        return self._finish(hs, codes, sizes, costs, messages, datas, now_ns, n * PAGE_SIZE)
+                datas[i] = b""
+                codes[i] = DATA_LOSS
+                messages[i] = f"page {hs[i]} is poisoned: an earlier write found no room"
+                lost += 1
+        costs = latency.jitter_many(bases)
+        self._c_decompress_out += d_out
+        self._c_loads += n - lost
+        self._c_data_loss_reads += lost
+        if free_after:
+            self._free_slots_now(slots)
+            self._c_frees += n
+            old_sizes = [0] * n
+        return self._finish(hs, codes, old_sizes, costs, messages, datas, now_ns, n * PAGE_SIZE)
 
     def free(self, handles: Sequence[int], *, now_ns: int = 0) -> OpResult:
         """Zero and release pages: node_private_freed()."""
         self._check_serving()
-        self._check_batch_len(len(handles), "free")
-        self._check_handles(handles, allow_zero=False)
-        cost = 0
-        for h in handles:
-            self._free_slot(int(h) - 1)
-            cost += self.latency.media_op_cost()
-        self._c_frees += len(handles)
-        return self._finish_op(len(handles), cost, now_ns)
+        n = len(handles)
+        self._check_batch_len(n, "free")
+        slots = self._check_handles(handles, allow_zero=False)
+        self._free_slots_now(slots)
+        self._c_frees += n
+        media_op = self.latency.media_op_cost
+        return self._finish_op(n, sum(media_op() for _ in range(n)), now_ns)
 
     def zero(self, handles: Sequence[int], *, now_ns: int = 0) -> OpResult:
         """Zero pages in place (CXL Media Operations: Zero); they stay allocated."""
         self._check_serving()
-        self._check_batch_len(len(handles), "zero")
-        self._check_handles(handles, allow_zero=False)
-        cost = 0
-        for h in handles:
-            slot = int(h) - 1
-            self._release(slot)
-            self._state[slot] = ZERO
-            self._stored += 1
-            self._zero += 1
-            cost += self.latency.media_op_cost()
-        self._c_zeroes += len(handles)
-        return self._finish_op(len(handles), cost, now_ns)
+        n = len(handles)
+        self._check_batch_len(n, "zero")
+        slots = self._check_handles(handles, allow_zero=False)
+        self._drop(slots)
+        self._state[slots] = ZERO
+        self._stored += n
+        self._zero += n
+        self._c_zeroes += n
+        media_op = self.latency.media_op_cost
+        return self._finish_op(n, sum(media_op() for _ in range(n)), now_ns)
 
     def reset(self, seed: int = 0) -> None:
         """Back to empty; clears a machine check. Seed 0 keeps the configured seed."""

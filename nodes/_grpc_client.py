@@ -16,6 +16,8 @@ stream, so concurrent callers do not suffer for one bad request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
@@ -24,6 +26,7 @@ import grpc
 import grpc.aio
 
 from tiersim._errors import NodeError
+from tiersim._security import INSECURE, ClientSecurity
 from tiersim.v1 import node_pb2 as pb
 from tiersim.v1 import node_pb2_grpc as pb_grpc
 
@@ -45,6 +48,7 @@ CLIENT_MESSAGE_LIMIT = 64 << 20
 DEFAULT_IN_FLIGHT = 8
 
 R = TypeVar("R", pb.StoreBatchResult, pb.LoadBatchResult)
+T = TypeVar("T")
 M = TypeVar("M")
 
 
@@ -89,13 +93,15 @@ class _BatchStream(Generic[R]):
         open_call: Callable[[], grpc.aio.StreamStreamCall[bytes, R]],
         max_in_flight: int,
     ) -> None:
-        self._open_call = open_call
+        self._open_call: Callable[[], grpc.aio.StreamStreamCall[bytes, R]] = open_call
         self._pending: dict[int, _Pending] = {}  # in send order
         self._call: grpc.aio.StreamStreamCall[bytes, R] | None = None
         self._readers: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(max_in_flight)
         self._closed = False
+        # Requests one of whose batches was rejected: their later batches are not sent.
+        self._failed_groups: set[int] = set()
 
     def _open(self) -> grpc.aio.StreamStreamCall[bytes, R]:
         call = self._open_call()
@@ -114,42 +120,45 @@ class _BatchStream(Generic[R]):
             if self._closed:
                 future.set_exception(NodeError(grpc.StatusCode.CANCELLED, "client is closed"))
                 return future
+            if group in self._failed_groups:
+                future.cancel()
+                return future
             self._pending[batch_id] = _Pending(message, group, future)
             call = self._call or self._open()
-            try:
+            # If the stream already failed, its reader resends or fails this batch.
+            with contextlib.suppress(
+                grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError
+            ):
                 await call.write(message)
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
-                # The stream already failed: its reader resends or fails this batch.
-                pass
         return future
 
     async def _read(self, call: grpc.aio.StreamStreamCall[bytes, R]) -> None:
         pending = self._pending
         while True:
             try:
-                reply = await call.read()
+                reply: Any = await call.read()
             except grpc.aio.AioRpcError as err:
                 await self._broken(call, err)
                 return
-            except asyncio.CancelledError:
-                raise
             if reply is grpc.aio.EOF:
                 await self._broken(call, None)
                 return
-            entry = pending.pop(reply.batch_id, None)  # type: ignore[union-attr]
+            entry = pending.pop(reply.batch_id, None)
             if entry is not None and not entry.future.done():
-                entry.future.set_result(reply)  # type: ignore[arg-type]
+                entry.future.set_result(reply)
 
     async def _broken(
         self, call: grpc.aio.StreamStreamCall[bytes, R], err: grpc.aio.AioRpcError | None
     ) -> None:
         async with self._lock:
-            if self._call is call:
-                self._call = None
+            if self._call is not call:
+                return  # a stream given up (abort, close): its batches were settled then
+            self._call = None
             pending = self._pending
             rejected = _rejected_batch(err) if err is not None else None
             if err is not None and rejected is not None and next(iter(pending), None) == rejected:
                 bad = pending.pop(rejected)
+                self._failed_groups.add(bad.group)
                 if not bad.future.done():
                     bad.future.set_exception(node_error(err))
                 # Later batches of the same request are dropped, as the in-process client
@@ -173,6 +182,24 @@ class _BatchStream(Generic[R]):
                 if not entry.future.done():
                     entry.future.set_exception(exc)
             pending.clear()
+
+    def abort(self, exc: NodeError) -> None:
+        """The node stopped answering: drop the stream, fail every pending batch with `exc`.
+
+        Synchronous on purpose: a send stuck in write() on the silent stream may
+        hold the lock. The next send opens a fresh stream.
+        """
+        call, self._call = self._call, None
+        if call is not None:
+            call.cancel()
+        for entry in self._pending.values():
+            if not entry.future.done():
+                entry.future.set_exception(exc)
+        self._pending.clear()
+
+    def forget(self, group: int) -> None:
+        """The request `group` is over; drop what was remembered about it."""
+        self._failed_groups.discard(group)
 
     async def close(self) -> None:
         async with self._lock:
@@ -221,8 +248,13 @@ class GrpcNodeClient:
         *,
         address: str = "",
         max_in_flight: int = DEFAULT_IN_FLIGHT,
+        request_timeout: float | None = None,
     ) -> None:
         self.address = address
+        # Real-time deadline of one request (None: none). A paused node, or one
+        # whose link is cut, keeps its TCP connection and answers nothing: only a
+        # deadline turns that silence into an error the engine can act on.
+        self.request_timeout = request_timeout
         self.info = info
         self._channel = channel
         self._stub = pb_grpc.MemoryNodeStub(channel)
@@ -249,14 +281,22 @@ class GrpcNodeClient:
 
     @classmethod
     async def connect(
-        cls, address: str, timeout: float = 10.0, *, max_in_flight: int = DEFAULT_IN_FLIGHT
+        cls,
+        address: str,
+        timeout: float = 10.0,
+        *,
+        max_in_flight: int = DEFAULT_IN_FLIGHT,
+        security: ClientSecurity | None = None,
+        request_timeout: float | None = None,
     ) -> GrpcNodeClient:
         """Open a channel to `address` (host:port), wait until the node answers.
 
-        Raises NodeError(UNAVAILABLE) when no node answers within `timeout`
-        seconds, or when the server there is not a tiersim memory node.
+        `security` carries the node's token and/or TLS settings (plain text
+        without either). Raises NodeError(UNAVAILABLE) when no node answers
+        within `timeout` seconds, or when the server there is not a tiersim
+        memory node; UNAUTHENTICATED when it wants a token we do not have.
         """
-        channel = grpc.aio.insecure_channel(
+        channel = (security or INSECURE).channel(
             address,
             options=[
                 ("grpc.max_send_message_length", CLIENT_MESSAGE_LIMIT),
@@ -282,7 +322,13 @@ class GrpcNodeClient:
                     f"the server at {address} is not a tiersim memory node",
                 ) from None
             raise node_error(err) from None
-        return cls(channel, info_from_pb(info), address=address, max_in_flight=max_in_flight)
+        return cls(
+            channel,
+            info_from_pb(info),
+            address=address,
+            max_in_flight=max_in_flight,
+            request_timeout=request_timeout,
+        )
 
     async def __aenter__(self) -> GrpcNodeClient:
         return self
@@ -294,17 +340,35 @@ class GrpcNodeClient:
         if self._closed:
             raise NodeError(grpc.StatusCode.CANCELLED, "client is closed")
 
-    async def _unary(self, call: Awaitable[Any]) -> Any:
+    def _expired(self) -> NodeError:
+        return NodeError(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            f"no reply from the node at {self.address} within {self.request_timeout:g} s",
+        )
+
+    async def _timed(self, request: Awaitable[T], stream: _BatchStream[Any] | None = None) -> T:
+        """Await `request` within the request deadline; on expiry give up the stream it used."""
+        try:
+            async with asyncio.timeout(self.request_timeout):
+                return await request
+        except TimeoutError:
+            if stream is not None:
+                stream.abort(self._expired())
+            raise self._expired() from None
+
+    async def _unary(self, make_call: Callable[[], Awaitable[Any]]) -> Any:
         self._check_open()
         try:
-            return await call
+            return await self._timed(make_call())
         except grpc.aio.AioRpcError as err:
             raise node_error(err) from None
+        except grpc.aio.UsageError as err:  # closed underneath us
+            raise NodeError(grpc.StatusCode.CANCELLED, str(err)) from None
 
     # ------------------------------------------------------------ NodeClient
 
     async def describe(self) -> NodeInfo:
-        info = info_from_pb(await self._unary(self._stub.Describe(pb.DescribeRequest())))
+        info = info_from_pb(await self._unary(lambda: self._stub.Describe(pb.DescribeRequest())))
         self.info = info
         return info
 
@@ -312,9 +376,13 @@ class GrpcNodeClient:
         self, count: int, *, check: bool = False, size_hint: int = 0, now_ns: int = 0
     ) -> AllocateResult:
         request = _request(
-            pb.AllocateRequest, count=count, check=check, size_hint_bytes=size_hint
+            pb.AllocateRequest,
+            count=count,
+            check=check,
+            size_hint_bytes=size_hint,
+            issue_time_ns=now_ns,
         )
-        r = await self._unary(self._stub.Allocate(request))
+        r = await self._unary(lambda: self._stub.Allocate(request))
         return AllocateResult(
             handles=list(r.handles), cost_ns=r.cost_ns, state=state_from_pb(r.state)
         )
@@ -323,44 +391,58 @@ class GrpcNodeClient:
         self, pages: Sequence[tuple[int, bytes]], *, check: bool = False, now_ns: int = 0
     ) -> BatchResult:
         self._check_open()
+        return await self._timed(self._store(pages, check, now_ns), self._stores)
+
+    async def _store(
+        self, pages: Sequence[tuple[int, bytes]], check: bool, now_ns: int
+    ) -> BatchResult:
         group = next(self._groups)
-        futures = []
-        for part in chunks(pages, self._max_batch):
-            try:
-                message = encode_store_batch(
-                    part, check=check, issue_time_ns=now_ns, batch_id=(bid := next(self._ids))
-                )
-            except (TypeError, ValueError) as exc:
-                for f in futures:
-                    f.cancel()
-                raise NodeError(grpc.StatusCode.INVALID_ARGUMENT, f"bad page: {exc}") from None
-            futures.append(await self._stores.send(bid, group, message))
-        replies = await _gather_in_order(futures)
+        futures: list[asyncio.Future[pb.StoreBatchResult]] = []
+        try:
+            for part in chunks(pages, self._max_batch):
+                bid = next(self._ids)
+                try:
+                    message = encode_store_batch(
+                        part, check=check, issue_time_ns=now_ns, batch_id=bid
+                    )
+                except (TypeError, ValueError) as exc:
+                    for f in futures:
+                        f.cancel()
+                    raise NodeError(grpc.StatusCode.INVALID_ARGUMENT, f"bad page: {exc}") from None
+                futures.append(await self._stores.send(bid, group, message))
+            replies = await _gather_in_order(futures)
+        finally:
+            self._stores.forget(group)
         return merge_batches(
-            [
-                results_from_pb(r.results, r.cost_ns, r.state, with_data=False)
-                for r in replies
-            ]
+            [results_from_pb(r.results, r.cost_ns, r.state, with_data=False) for r in replies]
         )
 
     async def load(
         self, handles: Sequence[int], *, free_after: bool = False, now_ns: int = 0
     ) -> BatchResult:
         self._check_open()
+        return await self._timed(self._load(handles, free_after, now_ns), self._loads)
+
+    async def _load(self, handles: Sequence[int], free_after: bool, now_ns: int) -> BatchResult:
         group = next(self._groups)
-        futures = []
-        for part in chunks(handles, self._max_batch):
-            bid = next(self._ids)
-            try:
-                message = pb.LoadBatch(
-                    handles=part, free_after=free_after, issue_time_ns=now_ns, batch_id=bid
-                ).SerializeToString()
-            except (TypeError, ValueError) as exc:
-                for f in futures:
-                    f.cancel()
-                raise NodeError(grpc.StatusCode.INVALID_ARGUMENT, f"bad handle: {exc}") from None
-            futures.append(await self._loads.send(bid, group, message))
-        replies = await _gather_in_order(futures)
+        futures: list[asyncio.Future[pb.LoadBatchResult]] = []
+        try:
+            for part in chunks(handles, self._max_batch):
+                bid = next(self._ids)
+                try:
+                    message = pb.LoadBatch(
+                        handles=part, free_after=free_after, issue_time_ns=now_ns, batch_id=bid
+                    ).SerializeToString()
+                except (TypeError, ValueError) as exc:
+                    for f in futures:
+                        f.cancel()
+                    raise NodeError(
+                        grpc.StatusCode.INVALID_ARGUMENT, f"bad handle: {exc}"
+                    ) from None
+                futures.append(await self._loads.send(bid, group, message))
+            replies = await _gather_in_order(futures)
+        finally:
+            self._loads.forget(group)
         return merge_batches(
             [results_from_pb(r.results, r.cost_ns, r.state, with_data=True) for r in replies]
         )
@@ -369,7 +451,7 @@ class GrpcNodeClient:
         parts = []
         for part in chunks(handles, self._max_batch):
             request = _request(pb.FreeRequest, handles=part, issue_time_ns=now_ns)
-            r = await self._unary(self._stub.Free(request))
+            r = await self._unary(functools.partial(self._stub.Free, request))
             parts.append(op_result_from_pb(r.freed, r.cost_ns, r.state))
         return merge_ops(parts)
 
@@ -377,15 +459,15 @@ class GrpcNodeClient:
         parts = []
         for part in chunks(handles, self._max_batch):
             request = _request(pb.ZeroRequest, handles=part, issue_time_ns=now_ns)
-            r = await self._unary(self._stub.Zero(request))
+            r = await self._unary(functools.partial(self._stub.Zero, request))
             parts.append(op_result_from_pb(r.zeroed, r.cost_ns, r.state))
         return merge_ops(parts)
 
     async def stats(self) -> NodeStats:
-        return stats_from_pb(await self._unary(self._stub.Stats(pb.StatsRequest())))
+        return stats_from_pb(await self._unary(lambda: self._stub.Stats(pb.StatsRequest())))
 
     async def reset(self, seed: int = 0) -> None:
-        await self._unary(self._stub.Reset(_request(pb.ResetRequest, seed=seed)))
+        await self._unary(lambda: self._stub.Reset(_request(pb.ResetRequest, seed=seed)))
 
     async def watch_pressure(self) -> AsyncIterator[PressureEvent]:
         self._check_open()

@@ -21,6 +21,8 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
+
 from ._types import CACHELINE, PAGE_SIZE, LatencyProfile, NodeKind
 
 _LINES_PER_PAGE = PAGE_SIZE // CACHELINE
@@ -85,20 +87,26 @@ DEFAULT_LATENCY: dict[NodeKind, LatencyProfile] = {
 }
 
 
+# Jitter factors are drawn this many at a time (see LatencyModel._refill).
+_JITTER_BLOCK = 1024
+
+
 class LatencyModel:
     """Costs of page operations on one device, with jitter and queueing.
 
-    Synchronous and deterministic: the jitter generator is `random.Random(seed)`,
-    drawn once per page operation (never when sigma is 0), so a fixed request
-    sequence gives a fixed cost sequence.
+    Synchronous and deterministic: jitter comes from `random.Random(seed)`,
+    one factor per page operation (none when sigma is 0), so a fixed request
+    sequence gives a fixed cost sequence whatever the batch boundaries.
     """
 
     __slots__ = (
         "_bw",
         "_compress",
         "_decompress",
+        "_factors",
         "_page_read",
         "_page_write",
+        "_pos",
         "_rng",
         "_sigma",
         "busy_until_ns",
@@ -114,18 +122,69 @@ class LatencyModel:
         # Every page access moves a whole page over the link; precompute its fixed part.
         self._page_read = profile.read_base_ns + _LINES_PER_PAGE * profile.per_cacheline_ns
         self._page_write = profile.write_base_ns + _LINES_PER_PAGE * profile.per_cacheline_ns
-        self._rng = random.Random(seed)
-        self.busy_until_ns = 0
+        self.reseed(seed)
 
     def reseed(self, seed: int) -> None:
         """Restart the jitter sequence and forget queued work (a device reset)."""
         self._rng = random.Random(seed)
+        self._factors: list[float] = []
+        self._pos = 0
         self.busy_until_ns = 0
+
+    def _refill(self) -> None:
+        # A block of log-normal factors exp(sigma * z), z standard normal by Box-Muller
+        # from the seeded generator's bits. One Python-level draw per page
+        # (random.lognormvariate) would cost more than the rest of a page's bookkeeping.
+        half = _JITTER_BLOCK // 2
+        bits = np.frombuffer(self._rng.randbytes(8 * _JITTER_BLOCK), dtype="<u8")
+        uniform = (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+        radius = np.sqrt(-2.0 * np.log1p(-uniform[:half]))  # 1 - u lies in (0, 1]
+        angle = (2.0 * math.pi) * uniform[half:]
+        z = np.concatenate((radius * np.cos(angle), radius * np.sin(angle)))
+        self._factors = np.exp(self._sigma * z).tolist()
+        self._pos = 0
 
     def _jitter(self, cost: float) -> int:
         if self._sigma:
-            cost *= self._rng.lognormvariate(0.0, self._sigma)
+            if self._pos == len(self._factors):
+                self._refill()
+            cost *= self._factors[self._pos]
+            self._pos += 1
         return round(cost)
+
+    @property
+    def page_write_base(self) -> float:
+        """Unjittered cost of writing one page, before compression."""
+        return self._page_write
+
+    @property
+    def page_read_base(self) -> float:
+        """Unjittered cost of reading one page, before decompression."""
+        return self._page_read
+
+    @property
+    def query_base(self) -> int:
+        return self.profile.read_base_ns
+
+    @property
+    def compress_ns_per_byte(self) -> float:
+        return self._compress
+
+    @property
+    def decompress_ns_per_byte(self) -> float:
+        return self._decompress
+
+    def jitter_many(self, bases: list[float]) -> list[int]:
+        """Jitter a run of costs, in order: the same draws `len(bases)` single calls make."""
+        if not self._sigma:
+            return [round(b) for b in bases]
+        n = len(bases)
+        factors = self._factors
+        pos = self._pos
+        if pos + n <= len(factors):
+            self._pos = pos + n
+            return [round(b * f) for b, f in zip(bases, factors[pos : pos + n], strict=True)]
+        return [self._jitter(b) for b in bases]
 
     def access_cost(
         self, *, write: bool, nbytes: int, compress_in: int = 0, decompress_out: int = 0

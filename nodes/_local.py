@@ -83,9 +83,7 @@ class LocalNodeClient:
         if self._closed:
             raise NodeError(grpc.StatusCode.CANCELLED, "client is closed")
 
-    def _split(
-        self, items: Sequence[T], call: Callable[[Sequence[T]], BatchResult]
-    ) -> BatchResult:
+    def _split(self, items: Sequence[T], call: Callable[[Sequence[T]], BatchResult]) -> BatchResult:
         return merge_batches([call(part) for part in chunks(items, self._max_batch)])
 
     async def describe(self) -> NodeInfo:

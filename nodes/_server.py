@@ -19,6 +19,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import grpc
 import grpc.aio
 import prometheus_client
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
@@ -35,6 +37,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from tiersim import __version__
 from tiersim._errors import ConfigError, NodeError
 from tiersim._logging import get_logger
+from tiersim._security import ServerSecurity
 from tiersim.v1 import node_pb2 as pb
 from tiersim.v1 import node_pb2_grpc as pb_grpc
 
@@ -47,7 +50,7 @@ from ._convert import (
     state_to_pb,
     stats_to_pb,
 )
-from ._device import MemoryDevice, PressureSubscriber
+from ._device import Encoded, MemoryDevice, PressureSubscriber
 from ._factory import make_device
 from ._types import DATA_LOSS, PAGE_SIZE, NodeStats
 
@@ -58,6 +61,8 @@ REJECTED_BATCH_KEY = "tiersim-rejected-batch"
 # Real-time mode sleeps once the modelled time owed reaches this much, so that
 # sub-microsecond costs add up instead of vanishing in timer granularity.
 PACE_QUANTUM_NS = 1_000_000
+# Store batches received and being compressed ahead of the one the model applies.
+STORE_READ_AHEAD = 2
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -105,19 +110,26 @@ class NodeServicer(pb_grpc.MemoryNodeServicer):
         *,
         health: health_aio.HealthServicer | None = None,
         realtime_dilation: float = 0.0,
+        encoder: concurrent.futures.Executor | None = None,
     ) -> None:
         self.device = device
+        self._encoder = encoder
         self._health = health
         self._dilation = realtime_dilation
         self._debt_ns = 0.0
         self._subscribers: set[PressureSubscriber] = set()
         self._log = get_logger("tiersim.nodes.server").bind(node=device.config.name)
         self._machine_check_seen = False
+        self._poisoned_unlogged = 0
+        self._poison_logged_at = -1.0
 
     # ------------------------------------------------------------ helpers
 
     async def _abort(
-        self, context: grpc.aio.ServicerContext[Any, Any], exc: NodeError, batch_id: int | None = None
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        exc: NodeError,
+        batch_id: int | None = None,
     ) -> None:
         self._log.debug("request rejected", code=exc.code.name, reason=exc.message)
         await self._check_health()
@@ -145,11 +157,16 @@ class NodeServicer(pb_grpc.MemoryNodeServicer):
     async def _after(self, cost_ns: int, codes: list[int] | None = None) -> None:
         """Bookkeeping after a data operation: health, logs, real-time pacing."""
         if codes is not None and DATA_LOSS in codes:
-            self._log.warning(
-                "write found no physical room: page(s) poisoned",
-                pages=codes.count(DATA_LOSS),
-                physical_used_bytes=self.device.physical_used_bytes,
-            )
+            self._poisoned_unlogged += codes.count(DATA_LOSS)
+            now = time.monotonic()
+            # At most one line a second: an unsafe policy may poison pages by the thousand.
+            if now - self._poison_logged_at >= 1.0:
+                self._log.warning(
+                    "writes found no physical room: pages poisoned",
+                    pages=self._poisoned_unlogged,
+                    physical_used_bytes=self.device.physical_used_bytes,
+                )
+                self._poisoned_unlogged, self._poison_logged_at = 0, now
         if self.device.machine_check != self._machine_check_seen:
             await self._check_health()
         if self._dilation:
@@ -186,7 +203,7 @@ class NodeServicer(pb_grpc.MemoryNodeServicer):
                 request.count,
                 check=request.check,
                 size_hint=request.size_hint_bytes,
-                now_ns=0,
+                now_ns=request.issue_time_ns,
             )
         except NodeError as exc:
             await self._abort(context, exc)
@@ -229,12 +246,10 @@ class NodeServicer(pb_grpc.MemoryNodeServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[pb.StoreBatchResult]:
         device = self.device
-        async for batch in request_iterator:
+        async for batch, pages, encoded in self._store_batches(request_iterator):
             try:
                 r = device.store(
-                    [(p.handle, p.data) for p in batch.pages],
-                    check=batch.check,
-                    now_ns=batch.issue_time_ns,
+                    pages, check=batch.check, now_ns=batch.issue_time_ns, encoded=encoded
                 )
             except NodeError as exc:
                 await self._abort(context, exc, batch.batch_id)
@@ -243,6 +258,55 @@ class NodeServicer(pb_grpc.MemoryNodeServicer):
             results_to_pb(r, out)
             await self._after(r.cost_ns, r.codes)
             yield out
+
+    async def _store_batches(
+        self, request_iterator: AsyncIterator[pb.StoreBatch]
+    ) -> AsyncIterator[tuple[pb.StoreBatch, list[tuple[int, bytes]], list[Encoded | None] | None]]:
+        """Batches of a StoreStream, in order, with their pages compressed ahead.
+
+        On a compressing device, lz4 runs on a worker thread (it releases the
+        GIL) while the event loop receives the next batches; the model call
+        that follows stays atomic. Other devices get no read-ahead.
+        """
+        if self._encoder is None:
+            async for batch in request_iterator:
+                yield batch, [(p.handle, p.data) for p in batch.pages], None
+            return
+        loop = asyncio.get_running_loop()
+        encoder, device = self._encoder, self.device
+        ahead = asyncio.Semaphore(STORE_READ_AHEAD)
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        done = object()
+
+        async def read() -> None:
+            try:
+                async for batch in request_iterator:
+                    pages = [(p.handle, p.data) for p in batch.pages]
+                    future = loop.run_in_executor(
+                        encoder, device.encode_pages, [d for _, d in pages]
+                    )
+                    queue.put_nowait((batch, pages, future))
+                    await ahead.acquire()
+                queue.put_nowait(done)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                queue.put_nowait(exc)
+
+        reader = loop.create_task(read())
+        try:
+            while True:
+                item = await queue.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                batch, pages, future = item
+                encoded = await future
+                ahead.release()
+                yield batch, pages, encoded
+        finally:
+            reader.cancel()
 
     async def LoadStream(
         self,
@@ -318,6 +382,103 @@ class NodeServicer(pb_grpc.MemoryNodeServicer):
         finally:
             sub.close()
             self._subscribers.discard(sub)
+
+
+# ---------------------------------------------------------------- registration
+
+_UNARY: dict[str, tuple[type[Message], type[Message]]] = {
+    "Describe": (pb.DescribeRequest, pb.NodeInfo),
+    "Allocate": (pb.AllocateRequest, pb.AllocateResponse),
+    "Store": (pb.StoreRequest, pb.PageResult),
+    "Load": (pb.LoadRequest, pb.PageResult),
+    "Free": (pb.FreeRequest, pb.FreeResponse),
+    "Zero": (pb.ZeroRequest, pb.ZeroResponse),
+    "Stats": (pb.StatsRequest, pb.NodeStats),
+    "Reset": (pb.ResetRequest, pb.ResetResponse),
+}
+_STREAMS = {
+    "StoreStream": (pb.StoreBatch, pb.StoreBatchResult),
+    "LoadStream": (pb.LoadBatch, pb.LoadBatchResult),
+}
+
+
+def _service_handler(servicer: NodeServicer) -> grpc.GenericRpcHandler:
+    """tiersim.v1.MemoryNode with requests decoded by the servicer itself.
+
+    The generated registration decodes in gRPC's core, where a corrupt
+    message becomes UNKNOWN and a logged traceback. Decoding here answers it
+    as what it is, INVALID_ARGUMENT, and counts it as a rejected request.
+    """
+
+    def decode(cls: Any, raw: bytes) -> Any:
+        try:
+            return cls.FromString(raw)
+        except DecodeError as exc:
+            servicer.device.count_rejected()
+            raise NodeError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"not a valid {cls.DESCRIPTOR.full_name} message: {exc}",
+            ) from None
+
+    def unary(name: str, cls: Any) -> Any:
+        method = getattr(servicer, name)
+
+        async def handler(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            try:
+                request = decode(cls, raw)
+            except NodeError as exc:
+                await servicer._abort(context, exc)
+                raise
+            return await method(request, context)
+
+        return handler
+
+    def stream(name: str, cls: Any) -> Any:
+        method = getattr(servicer, name)
+
+        async def handler(
+            raw_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            async def requests() -> AsyncIterator[Any]:
+                async for raw in raw_requests:
+                    yield decode(cls, raw)
+
+            # A corrupt message surfaces here, in the handler's own task, and not in
+            # a read-ahead task: aborting while a reply is being sent breaks the call.
+            try:
+                async for reply in method(requests(), context):
+                    yield reply
+            except NodeError as exc:
+                await servicer._abort(context, exc)
+                raise
+
+        return handler
+
+    async def watch(
+        raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.PressureEvent]:
+        try:
+            request = decode(pb.WatchPressureRequest, raw)
+        except NodeError as exc:
+            await servicer._abort(context, exc)
+            raise
+        async for event in servicer.WatchPressure(request, context):
+            yield event
+
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        name: grpc.unary_unary_rpc_method_handler(
+            unary(name, req), response_serializer=resp.SerializeToString
+        )
+        for name, (req, resp) in _UNARY.items()
+    }
+    for name, (req, resp) in _STREAMS.items():
+        handlers[name] = grpc.stream_stream_rpc_method_handler(
+            stream(name, req), response_serializer=resp.SerializeToString
+        )
+    handlers["WatchPressure"] = grpc.unary_stream_rpc_method_handler(
+        watch, response_serializer=pb.PressureEvent.SerializeToString
+    )
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
 
 # ---------------------------------------------------------------- metrics
@@ -436,13 +597,26 @@ class NodeServer:
         options: ServerOptions | None = None,
         *,
         device: MemoryDevice | None = None,
+        security: ServerSecurity | None = None,
     ) -> None:
         self.config = config
         self.options = options or ServerOptions()
+        # Token and/or TLS; none is allowed on loopback only (tiersim._security).
+        self.security = security or ServerSecurity()
         self.device = device if device is not None else make_device(config)
         self.health = health_aio.HealthServicer()
+        # One compression thread: with the event loop that makes two busy threads, the
+        # size of the machines this runs on; more would only contend for the GIL.
+        self._encoder = (
+            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tiersim-lz4")
+            if self.device.compresses
+            else None
+        )
         self.servicer = NodeServicer(
-            self.device, health=self.health, realtime_dilation=self.options.realtime_dilation
+            self.device,
+            health=self.health,
+            realtime_dilation=self.options.realtime_dilation,
+            encoder=self._encoder,
         )
         self.registry = CollectorRegistry(auto_describe=False)
         self._server: grpc.aio.Server | None = None
@@ -458,49 +632,61 @@ class NodeServer:
     async def start(self) -> str:
         """Bind and start serving; return the bound address (host:port)."""
         opts = self.options
-        server = grpc.aio.server(options=grpc_options(self.config.max_batch_pages))
-        pb_grpc.add_MemoryNodeServicer_to_server(self.servicer, server)  # type: ignore[no-untyped-call]
+        self.security.check_bind(opts.host)
+        server = grpc.aio.server(
+            options=grpc_options(self.config.max_batch_pages),
+            interceptors=self.security.interceptors(),
+        )
+        server.add_generic_rpc_handlers((_service_handler(self.servicer),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME),
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             server,
         )
         want = format_address(opts.host, opts.port)
         try:
-            port = server.add_insecure_port(want)
+            port = self.security.add_port(server, want)
         except RuntimeError as exc:
+            await server.stop(None)
             raise ConfigError(f"cannot listen on {want}: {exc}", key="port") from None
         if port == 0:
+            await server.stop(None)
             raise ConfigError(f"cannot listen on {want}", key="port")
         self.port = port
         await self.health.set("", _SERVING)
         await self.health.set(SERVICE_NAME, _SERVING)
         await server.start()
         self._server = server
-        if opts.metrics_port is not None:
-            self.registry.register(NodeStatsCollector(self.device, asyncio.get_running_loop()))
-            try:
-                httpd, _ = prometheus_client.start_http_server(
-                    opts.metrics_port, addr=opts.host, registry=self.registry
-                )
-            except OSError as exc:
-                await server.stop(None)
-                raise ConfigError(
-                    f"cannot serve metrics on {format_address(opts.host, opts.metrics_port)}: "
-                    f"{exc.strerror}",
-                    key="metrics_port",
-                ) from None
-            self._metrics = httpd
-            self.metrics_port = httpd.server_port
-        self._log.info(
-            "node listening",
-            address=self.address,
-            kind=self.config.kind.name.lower(),
-            advertised_bytes=self.config.advertised_bytes,
-            physical_bytes=self.config.physical_bytes,
-            metrics_port=self.metrics_port,
-        )
+        try:
+            if opts.metrics_port is not None:
+                self.registry.register(NodeStatsCollector(self.device, asyncio.get_running_loop()))
+                try:
+                    httpd, _ = prometheus_client.start_http_server(
+                        opts.metrics_port, addr=opts.host, registry=self.registry
+                    )
+                except OSError as exc:
+                    raise ConfigError(
+                        f"cannot serve metrics on {format_address(opts.host, opts.metrics_port)}: "
+                        f"{exc.strerror}",
+                        key="metrics_port",
+                    ) from None
+                self._metrics = httpd
+                self.metrics_port = httpd.server_port
+            self._log.info(
+                "node listening",
+                address=self.address,
+                kind=self.config.kind.name.lower(),
+                advertised_bytes=self.config.advertised_bytes,
+                physical_bytes=self.config.physical_bytes,
+                metrics_port=self.metrics_port,
+            )
+        except BaseException:
+            await self.stop(None)
+            raise
         return self.address
 
     async def stop(self, grace: float | None = 2.0) -> None:
@@ -512,6 +698,8 @@ class NodeServer:
         # Pressure watchers never end by themselves; end them so grace is not wasted.
         self.servicer.close_watchers()
         await server.stop(grace)
+        if self._encoder is not None:
+            self._encoder.shutdown(wait=False, cancel_futures=True)
         if self._metrics is not None:
             httpd, self._metrics = self._metrics, None
             await asyncio.to_thread(httpd.shutdown)
@@ -532,25 +720,27 @@ async def serve(
     *,
     grace: float = 5.0,
     stop_event: asyncio.Event | None = None,
+    security: ServerSecurity | None = None,
 ) -> int:
     """Run a node until SIGTERM or SIGINT (or `stop_event`); return the exit status 0.
 
     Prints `listening HOST:PORT` on stdout once serving, and writes the same
     address to `options.address_file` when set.
     """
-    server = NodeServer(config, options)
-    await server.start()
-    print(f"listening {server.address}", flush=True)
-    if server.options.address_file:
-        write_address_file(server.options.address_file, server.address)
     stop = stop_event or asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Handlers first: a signal that arrives once the address is announced must stop us cleanly.
     installed = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
             installed.append(sig)
+    server = NodeServer(config, options, security=security)
     try:
+        await server.start()
+        print(f"listening {server.address}", flush=True)
+        if server.options.address_file:
+            write_address_file(server.options.address_file, server.address)
         await stop.wait()
         get_logger("tiersim.nodes.server").info("shutting down", grace_s=grace)
     finally:

@@ -25,6 +25,7 @@ class CramDevice(MemoryDevice):
     """Compressed memory node."""
 
     kind = NodeKind.CRAM
+    compresses = True
 
     def _encode(self, data: bytes) -> tuple[bytes, int, int, int]:
         packed = _compress(data, store_size=False)

@@ -79,16 +79,50 @@ async def running_node(
 # finds whatever ratio these contents really have; nothing here sets a ratio.
 
 _SYLLABLES = (
-    "the an of to in is it as on at be by or we re de ing ion ent ter con pro "
-    "mem ory page node swap cache list free kern map fault tier zone slab lru"
-).split()
+    "the",
+    "an",
+    "of",
+    "to",
+    "in",
+    "is",
+    "it",
+    "as",
+    "on",
+    "at",
+    "be",
+    "by",
+    "or",
+    "we",
+    "re",
+    "de",
+    "ing",
+    "ion",
+    "ent",
+    "ter",
+    "con",
+    "pro",
+    "mem",
+    "ory",
+    "page",
+    "node",
+    "swap",
+    "cache",
+    "list",
+    "free",
+    "kern",
+    "map",
+    "fault",
+    "tier",
+    "zone",
+    "slab",
+    "lru",
+)
 
 
-def _corpus(rng: np.random.Generator, size: int) -> bytes:
+def text_corpus(rng: np.random.Generator, size: int) -> bytes:
     """English-like text: Zipf-distributed words, punctuation and line breaks."""
     words = [
-        "".join(rng.choice(_SYLLABLES, size=int(rng.integers(1, 4))).tolist())
-        for _ in range(2000)
+        "".join(rng.choice(_SYLLABLES, size=int(rng.integers(1, 4))).tolist()) for _ in range(2000)
     ]
     ranks = np.minimum(rng.zipf(1.3, size=size // 4), len(words)) - 1
     out: list[str] = []
@@ -141,7 +175,7 @@ def mixed_pages(
 ) -> list[bytes]:
     """`n` pages drawn from the content models in the given proportions."""
     rng = np.random.default_rng(seed)
-    corpus = _corpus(rng, 1 << 20) if text else b""
+    corpus = text_corpus(rng, 1 << 20) if text else b""
     weights = np.array([text, heap, zero, random], dtype=float)
     kinds = rng.choice(4, size=n, p=weights / weights.sum()).tolist()
     pages: list[bytes] = []

@@ -171,7 +171,7 @@ class LruLists:
 
     def isolate_tail(self, lst: int, n: int) -> list[int]:
         """Take up to n pages off the tail (isolate_lru_folios)."""
-        out = []
+        out: list[int] = []
         while len(out) < n:
             page = self.tail_[lst]
             if page < 0:

@@ -38,6 +38,15 @@ class NodeConfig:
     distance: int | None = None
     # Device options passed to an embedded node (overflow, watermarks ...).
     options: dict[str, Any] = field(default_factory=dict)
+    # How to authenticate to a node at `address`: where its token is (a file or
+    # an environment variable, never the token itself), and TLS settings.
+    token_file: str | None = None
+    token_env: str | None = None
+    tls: bool = False
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_server_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,12 @@ class NumaTunables:
     scan_size_mb: int = 256
     # Period of the hot-threshold adjustment (kernel: 60 s).
     threshold_adjust_period_ms: int = 60000
+    # Hint-faulted candidates decided and promoted together. 1: in the fault
+    # path, as do_numa_page() does. More: the fault only records the candidate
+    # and a background step decides a batch (one policy call per batch).
+    promote_batch: int = 1
+    # Longest a recorded candidate waits for its batch, in simulated ms.
+    promote_batch_delay_ms: int = 10
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,7 @@ class PageClass(enum.IntEnum):
     RATIO2 = 6
     INCOMPRESSIBLE = 7
     BLEND = 8
+    CORPUS = 9  # a data page from a page corpus (zero / same-filled ones report those)
 
 
 @runtime_checkable
@@ -885,6 +886,7 @@ def make_content(spec: str | Mapping[str, Any], seed: int = 0) -> ContentModel:
         content = { mix = { text = 0.3, heap = 0.5, zero = 0.2 } }
         content = { class = "text", vocab_size = 64 }  # a tuned class
         content = { class = "blend", random_fraction = 0.3 }
+        content = { corpus = "app.corpus" }            # real pages (tiersim capture)
 
     Raises ValueError naming the offending value.
     """
@@ -894,6 +896,13 @@ def make_content(spec: str | Mapping[str, Any], seed: int = 0) -> ContentModel:
         return named_content(spec, seed)
     if not isinstance(spec, Mapping):
         raise ValueError(f"content must be a name or a table, got {spec!r}")
+    if "corpus" in spec:
+        extra = sorted(map(str, set(spec) - {"corpus"}))
+        if extra:
+            raise ValueError(f"content: unexpected key(s) {', '.join(extra)} beside 'corpus'")
+        from .corpus import corpus_content
+
+        return corpus_content(spec["corpus"], seed)
     if "mix" in spec:
         extra = sorted(map(str, set(spec) - {"mix"}))
         if extra:
@@ -922,7 +931,10 @@ def make_content(spec: str | Mapping[str, Any], seed: int = 0) -> ContentModel:
         known = ", ".join([*_NAMED, "blend"])
         raise ValueError(f"unknown content class {klass!r} (expected one of: {known})")
     keys = ", ".join(map(str, spec)) or "none"
-    raise ValueError(f"content table must have a 'mix' or a 'class' key, got keys: {keys}")
+    raise ValueError(
+        f"content table must have a 'mix' or a 'class' key, got keys: {keys} "
+        "(or a 'corpus' key naming a page corpus file)"
+    )
 
 
 # --------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -25,6 +25,7 @@ from tiersim.nodes._local import LocalNodeClient
 from tiersim.nodes._types import NodeKind
 
 from ._mm import PAGE_SIZE, Host, Memcg, Mm, Numa, Process
+from ._observe import SAMPLED_VMSTAT, results_extra, sample_extra
 from ._pages import STATE_NAMES
 from ._sched import Scheduler
 from .config import NodeConfig, RunConfig
@@ -70,8 +71,22 @@ class KillableClient:
 async def open_node(cfg: NodeConfig, seed: int, timeout_s: float) -> NodeClient:
     """An in-process device, or a client of a node server at `cfg.address`."""
     if cfg.address:
+        from tiersim._security import ClientSecurity
+
+        security = ClientSecurity.from_files(
+            token_file=cfg.token_file,
+            token_env=cfg.token_env,
+            tls=cfg.tls,
+            tls_ca=cfg.tls_ca,
+            tls_cert=cfg.tls_cert,
+            tls_key=cfg.tls_key,
+            tls_server_name=cfg.tls_server_name,
+            key_prefix=f"nodes.{cfg.name}.",
+        )
         try:
-            return await GrpcNodeClient.connect(cfg.address, timeout=timeout_s)
+            return await GrpcNodeClient.connect(
+                cfg.address, timeout=timeout_s, security=security, request_timeout=timeout_s
+            )
         except (NodeError, OSError, TimeoutError, grpc.aio.AioRpcError) as exc:
             raise ConfigError(
                 f"node {cfg.name!r} at {cfg.address} does not answer: {exc}",
@@ -123,7 +138,7 @@ class Simulation:
                 id=nid,
                 name=ncfg.name,
                 kind=info.kind,
-                client=killable,  # type: ignore[arg-type]
+                client=killable,
                 info=info,
                 hosts=[host_index[h] for h in ncfg.hosts],
                 present_pages=pages,
@@ -149,8 +164,10 @@ class Simulation:
             dist: dict[int, int] = {}
             for n in ba:
                 d = cfg.nodes[n.id].distance
-                dist[n.id] = d if d is not None else (
-                    LOCAL_DISTANCE if n.kind == NodeKind.DRAM else REMOTE_DISTANCE
+                dist[n.id] = (
+                    d
+                    if d is not None
+                    else (LOCAL_DISTANCE if n.kind == NodeKind.DRAM else REMOTE_DISTANCE)
                 )
             adist = {
                 n.id: MEMTIER_ADISTANCE_DRAM
@@ -169,11 +186,12 @@ class Simulation:
                 (n.id for n in ba if n.kind != NodeKind.CRAM), key=lambda i: (dist[i], i)
             )
             wm = setup_watermarks(
-                {i: mm.nodes[i].present_pages for i in zonelist}, cfg.tunables.watermark_scale_factor
+                {i: mm.nodes[i].present_pages for i in zonelist},
+                cfg.tunables.watermark_scale_factor,
             )
-            for i, w in wm.items():
+            for i, marks in wm.items():
                 if mm.nodes[i].hosts[0] == hi:
-                    mm.nodes[i].wmark = w
+                    mm.nodes[i].wmark = marks
             host = Host(
                 index=hi,
                 name=hcfg.name,
@@ -192,7 +210,9 @@ class Simulation:
                 tunables=zt,
                 total_ram_pages=host.total_ram_pages,
                 dram_node=dram[0].id,
-                direct_nodes=[mm.node_by_name[n] for n in zt.direct_nodes if mm.node_by_name[n] in host.nodes],
+                direct_nodes=[
+                    mm.node_by_name[n] for n in zt.direct_nodes if mm.node_by_name[n] in host.nodes
+                ],
                 enabled=zt.enabled,
             )
             mm.hosts.append(host)
@@ -246,7 +266,11 @@ class Simulation:
         mm = self.mm
         cfg = self.config
         for proc in mm.procs:
-            mm.sched.at(proc.config.start_ns, lambda p=proc: run_step(mm, p), f"proc{proc.index}")
+
+            def first_step(p: Process = proc) -> Awaitable[None]:
+                return run_step(mm, p)
+
+            mm.sched.at(proc.config.start_ns, first_step, f"proc{proc.index}")
             if tiering_mode(mm) or cfg.tunables.numa.numa_balancing & 1:
                 start_scanner(mm, proc)
         for at_ns, name, action in cfg.faults:
@@ -287,15 +311,15 @@ class Simulation:
             "time_ns": mm.sched.now_ns,
             "pages": {STATE_NAMES[i]: int(states[i]) for i in range(8)},
             "nodes": {
-                n.name: {"used_pages": n.nr_pages, "pressure": n.pressure,
-                         "physical_used_bytes": n.physical_used_bytes}
+                n.name: {
+                    "used_pages": n.nr_pages,
+                    "pressure": n.pressure,
+                    "physical_used_bytes": n.physical_used_bytes,
+                }
                 for n in mm.nodes
             },
-            "vmstat": {
-                k: sum(h.vmstat[k] for h in mm.hosts)
-                for k in ("pgdemote_kswapd", "pgdemote_direct", "pgpromote_success",
-                          "zswpout", "zswpin", "pswpout", "pswpin", "pgmajfault", "pgfault")
-            },
+            "vmstat": {k: sum(h.vmstat[k] for h in mm.hosts) for k in SAMPLED_VMSTAT},
+            **sample_extra(mm),
         }
 
     async def run(self) -> dict[str, Any]:
@@ -344,8 +368,10 @@ class Simulation:
             if not n.lost:
                 try:
                     st = await n.client.stats()
-                    device = {k: (int(v) if not isinstance(v, (str, bool)) else v)
-                              for k, v in _asdict(st).items()}
+                    device = {
+                        k: (int(v) if not isinstance(v, (str, bool)) else v)
+                        for k, v in _asdict(st).items()
+                    }
                     device["kind"] = n.kind.name.lower()
                 except NodeError:
                     device = None
@@ -360,8 +386,12 @@ class Simulation:
                 "present_pages": n.present_pages,
                 "used_pages": n.nr_pages,
                 "free_pages": n.free_pages,
-                "watermarks": {"min": n.wmark.min, "low": n.wmark.low, "high": n.wmark.high,
-                               "promo": n.wmark.promo},
+                "watermarks": {
+                    "min": n.wmark.min,
+                    "low": n.wmark.low,
+                    "high": n.wmark.high,
+                    "promo": n.wmark.promo,
+                },
                 "pressure": n.pressure,
                 "lost": n.lost,
                 "device": device,
@@ -383,8 +413,9 @@ class Simulation:
             hosts[h.name] = {
                 "vmstat": dict(h.vmstat),
                 "zswap": zdoc,
-                "tiers": {f"memory_tier{t.id}": [mm.nodes[i].name for i in t.nodes]
-                          for t in h.tiers.tiers},
+                "tiers": {
+                    f"memory_tier{t.id}": [mm.nodes[i].name for i in t.nodes] for t in h.tiers.tiers
+                },
                 "adistance": {mm.nodes[i].name: a for i, a in h.tiers.adistance.items()},
                 "demotion_targets": {
                     mm.nodes[i].name: {
@@ -447,6 +478,7 @@ class Simulation:
         }
         if cfg.sample_interval_ns:
             doc["timeseries"] = self.samples
+        results_extra(mm, doc)
         return doc
 
 

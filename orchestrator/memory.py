@@ -319,6 +319,9 @@ async def do_numa_page(mm: Mm, proc: Process, host: Host, page: int) -> int:
     dst = host.cpu_nodes[0]
     now = proc.clock_ns
     promote = should_promote(mm, host, page, dst, now)
+    if mm.tunables.numa.promote_batch > 1:
+        queue_promotion(mm, host, page, dst, promote, now)
+        return cost
     promote = await mm.policy.promotion(mm, host, page, dst, promote)
     if not promote:
         return cost
@@ -337,6 +340,82 @@ async def do_numa_page(mm: Mm, proc: Process, host: Host, page: int) -> int:
         free_frame(mm, dst)
         host.vmstat.inc("pgpromote_fail")
     return cost
+
+
+def queue_promotion(mm: Mm, host: Host, page: int, dst: int, default: bool, now: int) -> None:
+    """Batched promotion: record a hint-faulted candidate, to be decided with others.
+
+    With `promote_batch` > 1 the fault path keeps the candidate and its
+    default verdict (taken now, by should_numa_migrate_memory(), so the rate
+    limit and threshold see every fault) and returns; a background step
+    decides a batch once `promote_batch` candidates are recorded or the
+    oldest has waited `promote_batch_delay_ms`, as the batched hot-page
+    promotion proposals have a kernel thread promote what hint faults
+    recorded. The policy is asked once per batch instead of once per fault.
+    """
+    promo = host.promo
+    promo.queue.pop(page, None)  # a page faulting again counts once, with its latest verdict
+    promo.queue[page] = (dst, default)
+    t = mm.tunables.numa
+    full = len(promo.queue) >= t.promote_batch
+    if promo.flush is not None and (not full or promo.flush.time_ns <= now):
+        return
+    _schedule_flush(mm, host, now if full else now + t.promote_batch_delay_ms * 1_000_000)
+
+
+def _schedule_flush(mm: Mm, host: Host, when: int) -> None:
+    promo = host.promo
+    if promo.flush is not None:
+        promo.flush.cancelled = True
+
+    async def flush() -> None:
+        await flush_promotions(mm, host)
+
+    promo.flush = mm.sched.at(when, flush, f"promote_batch{host.index}")
+
+
+async def flush_promotions(mm: Mm, host: Host) -> None:
+    """Decide and promote the oldest batch of recorded candidates (see queue_promotion)."""
+    promo = host.promo
+    promo.flush = None
+    t = mm.tunables.numa
+    items = list(promo.queue.items())
+    promo.queue = dict(items[t.promote_batch :])
+    if promo.queue:  # faults kept coming while this batch waited: the next one
+        full = len(promo.queue) >= t.promote_batch
+        delay = 0 if full else t.promote_batch_delay_ms * 1_000_000
+        _schedule_flush(mm, host, mm.sched.now_ns + delay)
+    pages = mm.pages
+    groups: dict[int, list[int]] = {}
+    defaults: dict[int, bool] = {}
+    for page, (dst, default) in items[: t.promote_batch]:
+        nid = pages.node[page]
+        if pages.state[page] not in (PS_MAPPED, PS_CRAM_RO) or nid < 0:
+            continue  # reclaimed, swapped or lost since its fault
+        if host.tiers.is_toptier(nid):
+            continue
+        groups.setdefault(dst, []).append(page)
+        defaults[page] = default
+    for dst, group in groups.items():
+        verdicts = await mm.policy.promotion_batch(
+            mm, host, group, dst, [defaults[page] for page in group]
+        )
+        for page, promote in zip(group, verdicts, strict=True):
+            if not promote:
+                continue
+            if not migrate_balanced(mm, dst):
+                wakeup_kswapd(mm, dst)
+                host.vmstat.inc("pgpromote_fail")
+                continue
+            take_frame(mm, dst)
+            # A background migration: its cost is the device's, not the faulting task's.
+            ok, _ = await promote_page(mm, page, dst, host)
+            if ok:
+                host.vmstat.inc("pgpromote_success")
+                host.vmstat.inc("numa_pages_migrated")
+            else:
+                free_frame(mm, dst)
+                host.vmstat.inc("pgpromote_fail")
 
 
 async def forget_page(mm: Mm, page: int) -> None:

@@ -17,8 +17,9 @@ ever targets top-tier nodes (`node_is_toptier`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 MEMTIER_CHUNK_BITS = 7
 MEMTIER_CHUNK_SIZE = 1 << MEMTIER_CHUNK_BITS
@@ -111,6 +112,10 @@ def _nodelist(nodes: Sequence[int]) -> str:
     return ",".join(str(n) for n in sorted(nodes))
 
 
+def _by_distance(dist: Callable[[int, int], int], node: int, other: int) -> tuple[int, int]:
+    return (dist(node, other), other)
+
+
 def build_tiers(
     adistance: Mapping[int, int],
     cpu_nodes: Sequence[int],
@@ -139,7 +144,7 @@ def build_tiers(
         for node in tier.nodes:
             # find_next_best_node() walks candidates in distance order (ties
             # by node id); keep all at the best distance.
-            ranked = sorted(lower.nodes, key=lambda n, node=node: (dist(node, n), n))
+            ranked = sorted(lower.nodes, key=partial(_by_distance, dist, node))
             best = dist(node, ranked[0])
             preferred = tuple(n for n in ranked if dist(node, n) == best)
             targets[node] = DemotionTargets(preferred=preferred, allowed=allowed)

@@ -13,6 +13,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, TypeVar
 
 import grpc
+
 from tiersim._errors import NodeError
 from tiersim.nodes._types import DATA_LOSS, OK, RESOURCE_EXHAUSTED, NodeKind
 

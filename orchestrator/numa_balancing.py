@@ -13,7 +13,7 @@ toward keeping candidates near the rate-limited budget.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -44,6 +44,11 @@ class PromoNodeState:
 class PromoState:
     nodes: dict[int, PromoNodeState] = field(default_factory=dict)
     threshold_history: list[tuple[int, int]] = field(default_factory=list)
+    # Batched promotion (promote_batch > 1): candidates recorded by hint faults,
+    # page -> (target node, default verdict), in fault order; and the pending
+    # background step that will decide them.
+    queue: dict[int, tuple[int, bool]] = field(default_factory=dict)
+    flush: Any = None
 
     def of(self, nid: int) -> PromoNodeState:
         st = self.nodes.get(nid)

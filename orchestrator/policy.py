@@ -4,7 +4,8 @@ The engine asks its policy at four points, always with the kernel's own
 answer as `default`, so a policy only needs to override what it cares about:
 
 * demotion: which reclaim candidates to demote, and where (vmscan.c);
-* promotion: whether a hint-faulted page on a slow tier is promoted now;
+* promotion: whether a hint-faulted page on a slow tier is promoted now
+  (one page per call, or a batch per call under `promote_batch` > 1);
 * compressed-node admission: whether a page may go to a compressed node;
 * zswap: whether to store a page being swapped out, and whether an entry
   may be written back.
@@ -84,6 +85,19 @@ class Policy:
 
     async def promotion(self, mm: Mm, host: Host, page: int, dst: int, default: bool) -> bool:
         return default
+
+    async def promotion_batch(
+        self, mm: Mm, host: Host, pages: list[int], dst: int, default: list[bool]
+    ) -> list[bool]:
+        """Batched promotion (`promote_batch` > 1): per page, promote it to `dst` now?
+
+        One call per batch. The default asks `promotion` page by page, so a
+        policy that only defines `promotion` behaves the same in both modes.
+        """
+        return [
+            await self.promotion(mm, host, page, dst, d)
+            for page, d in zip(pages, default, strict=True)
+        ]
 
     async def admission(
         self, mm: Mm, host: Host, pages: list[int], nid: int, default: list[bool]

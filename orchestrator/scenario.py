@@ -133,6 +133,18 @@ _NODE_OPTIONS: dict[str, Any] = {
 }
 
 
+# Authentication towards a node at an address (see tiersim._security.ClientSecurity).
+_NODE_SECURITY = (
+    "token_file",
+    "token_env",
+    "tls",
+    "tls_ca",
+    "tls_cert",
+    "tls_key",
+    "tls_server_name",
+)
+
+
 def _leaves(*names: str) -> dict[str, Any]:
     return dict.fromkeys(names, LEAF)
 
@@ -148,6 +160,7 @@ SCHEMA: dict[str, Any] = {
         "node_timeout",
         "sample_interval",
         "policy",
+        "exclusive",
     ),
     "policy": {"name": LEAF, "options": FREE},
     "hosts": _ListOf(_leaves("name", "cpus")),
@@ -163,6 +176,7 @@ SCHEMA: dict[str, Any] = {
                 "physical",
                 "address",
                 "distance",
+                *_NODE_SECURITY,
             ),
             "options": _NODE_OPTIONS,
         }
@@ -948,6 +962,7 @@ class _RunBuilder:
                 f"({format_ns(duration)}): no sample would be taken",
             )
         policy = self.policy(sc, sc_at)
+        exclusive = self.boolean(sc, sc_at, "exclusive", True)
 
         hosts = self.hosts()
         nodes = self.nodes(hosts)
@@ -971,6 +986,7 @@ class _RunBuilder:
             sample_interval_ns=sample_interval,
             faults=faults,
             overrides=tuple((ov.key, ov.value) for ov in self.overrides),
+            exclusive=exclusive,
         )
         return run, name, description, question
 
@@ -1103,6 +1119,23 @@ class _RunBuilder:
             options = copy.deepcopy(entry["options"])
         if address is None:
             self.check_device(at, kind, name, advertised, physical, options)
+        security: dict[str, Any] = {}
+        for key in _NODE_SECURITY:
+            if key not in entry:
+                continue
+            if address is None:
+                self.fail(at / key, f"{key} applies to a node at an address; this one is embedded")
+            if key == "tls":
+                security[key] = self.boolean(entry, at, key)
+            else:
+                value = self.string(entry, at, key)
+                if not value.strip():
+                    self.fail(at / key, f"{key} must not be empty")
+                security[key] = value
+        if "token_file" in security and "token_env" in security:
+            self.fail(
+                at / "token_env", "give the token by file or by environment variable, not both"
+            )
         return NodeConfig(
             name=name,
             kind=cast(NodeKindName, kind),  # checked against NODE_KINDS
@@ -1112,6 +1145,7 @@ class _RunBuilder:
             address=address,
             distance=distance,
             options=options,
+            **security,
         )
 
     def check_device(
@@ -1191,6 +1225,10 @@ class _RunBuilder:
             scan_size_mb=self.integer(n, n_at, "scan_size_mb", nd.scan_size_mb, lo=1),
             threshold_adjust_period_ms=self.integer(
                 n, n_at, "threshold_adjust_period_ms", nd.threshold_adjust_period_ms, lo=1
+            ),
+            promote_batch=self.integer(n, n_at, "promote_batch", nd.promote_batch, lo=1),
+            promote_batch_delay_ms=self.integer(
+                n, n_at, "promote_batch_delay_ms", nd.promote_batch_delay_ms, lo=0
             ),
         )
         if numa.scan_period_min_ms > numa.scan_period_max_ms:

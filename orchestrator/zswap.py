@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import lz4.block
+
 from tiersim.nodes._types import OK
 
 from ._pages import F_ZSWAP_REF, PS_SWAP, PS_ZSWAP, PS_ZSWAP_DIRECT

@@ -6,7 +6,8 @@ import asyncio
 from typing import Any
 
 import pytest
-from conftest import vm, zs
+
+from sim_helpers import vm, zs
 from tiersim.orchestrator._cli import catalog, load, run_scenario
 
 

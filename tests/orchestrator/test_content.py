@@ -7,6 +7,7 @@ import math
 import lz4.block
 import numpy as np
 import pytest
+
 from tiersim.orchestrator import content
 from tiersim.orchestrator.content import (
     CONTENT_NAMES,

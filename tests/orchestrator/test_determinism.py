@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import run_text
 
+from sim_helpers import run_text
 from tiersim.orchestrator.results import strip_wall_clock
 
 NODES = [

@@ -10,7 +10,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from conftest import vm, zs
+from sim_helpers import vm, zs
 from tiersim.orchestrator.config import NumaTunables
 from tiersim.orchestrator.numa_balancing import PromoState, adjust_threshold
 from tiersim.orchestrator.zswap import Zswap, ZswapTunables

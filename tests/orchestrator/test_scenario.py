@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tiersim._errors import ConfigError
 from tiersim.orchestrator import scenario as scenario_mod
 from tiersim.orchestrator.config import (

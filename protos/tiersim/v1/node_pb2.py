@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tiersim/v1/node.proto\x12\ntiersim.v1\"\xdc\x01\n\x0eLatencyProfile\x12\x14\n\x0cread_base_ns\x18\x01 \x01(\x04\x12\x15\n\rwrite_base_ns\x18\x02 \x01(\x04\x12\x18\n\x10per_cacheline_ns\x18\x03 \x01(\x01\x12\x1c\n\x14\x63ompress_ns_per_byte\x18\x04 \x01(\x01\x12\x1e\n\x16\x64\x65\x63ompress_ns_per_byte\x18\x05 \x01(\x01\x12\x1f\n\x17\x62\x61ndwidth_bytes_per_sec\x18\x06 \x01(\x04\x12\x14\n\x0cjitter_sigma\x18\x07 \x01(\x01\x12\x0e\n\x06source\x18\x08 \x01(\t\"=\n\nWatermarks\x12\x16\n\x0elow_free_bytes\x18\x01 \x01(\x04\x12\x17\n\x0fhigh_free_bytes\x18\x02 \x01(\x04\"g\n\tNodeState\x12\x10\n\x08pressure\x18\x01 \x01(\r\x12\x1b\n\x13physical_used_bytes\x18\x02 \x01(\x04\x12\x12\n\nfree_bytes\x18\x03 \x01(\x04\x12\x17\n\x0f\x61llocated_pages\x18\x04 \x01(\x04\"\x11\n\x0f\x44\x65scribeRequest\"\xe4\x02\n\x08NodeInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x04kind\x18\x02 \x01(\x0e\x32\x14.tiersim.v1.NodeKind\x12\x18\n\x10\x61\x64vertised_bytes\x18\x03 \x01(\x04\x12\x16\n\x0ephysical_bytes\x18\x04 \x01(\x04\x12\x11\n\tpage_size\x18\x05 \x01(\r\x12+\n\x07latency\x18\x06 \x01(\x0b\x32\x1a.tiersim.v1.LatencyProfile\x12*\n\nwatermarks\x18\x07 \x01(\x0b\x32\x16.tiersim.v1.Watermarks\x12/\n\roverflow_mode\x18\x08 \x01(\x0e\x32\x18.tiersim.v1.OverflowMode\x12\x1f\n\x17per_page_overhead_bytes\x18\t \x01(\r\x12\x17\n\x0fmax_batch_pages\x18\n \x01(\r\x12\x0c\n\x04seed\x18\x0b \x01(\x04\x12\x0f\n\x07version\x18\x0c \x01(\t\"H\n\x0f\x41llocateRequest\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12\r\n\x05\x63heck\x18\x02 \x01(\x08\x12\x17\n\x0fsize_hint_bytes\x18\x03 \x01(\r\"Z\n\x10\x41llocateResponse\x12\x0f\n\x07handles\x18\x01 \x03(\x04\x12\x0f\n\x07\x63ost_ns\x18\x02 \x01(\x04\x12$\n\x05state\x18\x03 \x01(\x0b\x32\x15.tiersim.v1.NodeState\")\n\tPageWrite\x12\x0e\n\x06handle\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x96\x01\n\nPageResult\x12\x0e\n\x06handle\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x14\n\x0cstored_bytes\x18\x03 \x01(\r\x12\x0f\n\x07\x63ost_ns\x18\x04 \x01(\x04\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\x12$\n\x05state\x18\x07 \x01(\x0b\x32\x15.tiersim.v1.NodeState\"Y\n\x0cStoreRequest\x12#\n\x04page\x18\x01 \x01(\x0b\x32\x15.tiersim.v1.PageWrite\x12\r\n\x05\x63heck\x18\x02 \x01(\x08\x12\x15\n\rissue_time_ns\x18\x03 \x01(\x04\"H\n\x0bLoadRequest\x12\x0e\n\x06handle\x18\x01 \x01(\x04\x12\x12\n\nfree_after\x18\x02 \x01(\x08\x12\x15\n\rissue_time_ns\x18\x03 \x01(\x04\"j\n\nStoreBatch\x12$\n\x05pages\x18\x01 \x03(\x0b\x32\x15.tiersim.v1.PageWrite\x12\r\n\x05\x63heck\x18\x02 \x01(\x08\x12\x15\n\rissue_time_ns\x18\x03 \x01(\x04\x12\x10\n\x08\x62\x61tch_id\x18\x04 \x01(\x04\"\x84\x01\n\x10StoreBatchResult\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\'\n\x07results\x18\x02 \x03(\x0b\x32\x16.tiersim.v1.PageResult\x12\x0f\n\x07\x63ost_ns\x18\x03 \x01(\x04\x12$\n\x05state\x18\x04 \x01(\x0b\x32\x15.tiersim.v1.NodeState\"Y\n\tLoadBatch\x12\x0f\n\x07handles\x18\x01 \x03(\x04\x12\x12\n\nfree_after\x18\x02 \x01(\x08\x12\x15\n\rissue_time_ns\x18\x03 \x01(\x04\x12\x10\n\x08\x62\x61tch_id\x18\x04 \x01(\x04\"\x83\x01\n\x0fLoadBatchResult\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\'\n\x07results\x18\x02 \x03(\x0b\x32\x16.tiersim.v1.PageResult\x12\x0f\n\x07\x63ost_ns\x18\x03 \x01(\x04\x12$\n\x05state\x18\x04 \x01(\x0b\x32\x15.tiersim.v1.NodeState\"5\n\x0b\x46reeRequest\x12\x0f\n\x07handles\x18\x01 \x03(\x04\x12\x15\n\rissue_time_ns\x18\x02 \x01(\x04\"T\n\x0c\x46reeResponse\x12\r\n\x05\x66reed\x18\x01 \x01(\r\x12\x0f\n\x07\x63ost_ns\x18\x02 \x01(\x04\x12$\n\x05state\x18\x03 \x01(\x0b\x32\x15.tiersim.v1.NodeState\"5\n\x0bZeroRequest\x12\x0f\n\x07handles\x18\x01 \x03(\x04\x12\x15\n\rissue_time_ns\x18\x02 \x01(\x04\"U\n\x0cZeroResponse\x12\x0e\n\x06zeroed\x18\x01 \x01(\r\x12\x0f\n\x07\x63ost_ns\x18\x02 \x01(\x04\x12$\n\x05state\x18\x03 \x01(\x0b\x32\x15.tiersim.v1.NodeState\"\x0e\n\x0cStatsRequest\"\xee\x04\n\tNodeStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x04kind\x18\x02 \x01(\x0e\x32\x14.tiersim.v1.NodeKind\x12\x17\n\x0f\x61llocated_pages\x18\x03 \x01(\x04\x12\x14\n\x0cstored_pages\x18\x04 \x01(\x04\x12\x12\n\nzero_pages\x18\x05 \x01(\x04\x12\x16\n\x0epoisoned_pages\x18\x06 \x01(\x04\x12\x15\n\rlogical_bytes\x18\x07 \x01(\x04\x12\x14\n\x0cstored_bytes\x18\x08 \x01(\x04\x12\x1b\n\x13physical_used_bytes\x18\t \x01(\x04\x12\x16\n\x0ephysical_bytes\x18\n \x01(\x04\x12\x18\n\x10\x61\x64vertised_bytes\x18\x0b \x01(\x04\x12\x10\n\x08pressure\x18\x0c \x01(\r\x12\x15\n\rmachine_check\x18\r \x01(\x08\x12\x0e\n\x06stores\x18\x0e \x01(\x04\x12\r\n\x05loads\x18\x0f \x01(\x04\x12\r\n\x05\x66rees\x18\x10 \x01(\x04\x12\x0e\n\x06zeroes\x18\x11 \x01(\x04\x12\x15\n\ralloc_refused\x18\x12 \x01(\x04\x12\x16\n\x0ewrite_failures\x18\x13 \x01(\x04\x12\x16\n\x0emachine_checks\x18\x14 \x01(\x04\x12\x17\n\x0f\x64\x61ta_loss_reads\x18\x15 \x01(\x04\x12\x19\n\x11\x63ompress_in_bytes\x18\x16 \x01(\x04\x12\x1a\n\x12\x63ompress_out_bytes\x18\x17 \x01(\x04\x12\x1c\n\x14\x64\x65\x63ompress_out_bytes\x18\x18 \x01(\x04\x12\x0f\n\x07\x62usy_ns\x18\x19 \x01(\x04\x12\x10\n\x08queue_ns\x18\x1a \x01(\x04\x12\x19\n\x11rejected_requests\x18\x1b \x01(\x04\"\x1c\n\x0cResetRequest\x12\x0c\n\x04seed\x18\x01 \x01(\x04\"\x0f\n\rResetResponse\"\x16\n\x14WatchPressureRequest\"u\n\rPressureEvent\x12\x10\n\x08pressure\x18\x01 \x01(\r\x12\x12\n\nfree_bytes\x18\x02 \x01(\x04\x12\x1b\n\x13physical_used_bytes\x18\x03 \x01(\x04\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12\x0f\n\x07time_ns\x18\x05 \x01(\x04*w\n\x08NodeKind\x12\x19\n\x15NODE_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eNODE_KIND_DRAM\x10\x01\x12\x11\n\rNODE_KIND_CXL\x10\x02\x12\x12\n\x0eNODE_KIND_CRAM\x10\x03\x12\x15\n\x11NODE_KIND_STORAGE\x10\x04*h\n\x0cOverflowMode\x12\x1d\n\x19OVERFLOW_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14OVERFLOW_MODE_POISON\x10\x01\x12\x1f\n\x1bOVERFLOW_MODE_MACHINE_CHECK\x10\x02\x32\xd3\x05\n\nMemoryNode\x12=\n\x08\x44\x65scribe\x12\x1b.tiersim.v1.DescribeRequest\x1a\x14.tiersim.v1.NodeInfo\x12\x45\n\x08\x41llocate\x12\x1b.tiersim.v1.AllocateRequest\x1a\x1c.tiersim.v1.AllocateResponse\x12\x39\n\x05Store\x12\x18.tiersim.v1.StoreRequest\x1a\x16.tiersim.v1.PageResult\x12\x37\n\x04Load\x12\x17.tiersim.v1.LoadRequest\x1a\x16.tiersim.v1.PageResult\x12G\n\x0bStoreStream\x12\x16.tiersim.v1.StoreBatch\x1a\x1c.tiersim.v1.StoreBatchResult(\x01\x30\x01\x12\x44\n\nLoadStream\x12\x15.tiersim.v1.LoadBatch\x1a\x1b.tiersim.v1.LoadBatchResult(\x01\x30\x01\x12\x39\n\x04\x46ree\x12\x17.tiersim.v1.FreeRequest\x1a\x18.tiersim.v1.FreeResponse\x12\x39\n\x04Zero\x12\x17.tiersim.v1.ZeroRequest\x1a\x18.tiersim.v1.ZeroResponse\x12\x38\n\x05Stats\x12\x18.tiersim.v1.StatsRequest\x1a\x15.tiersim.v1.NodeStats\x12<\n\x05Reset\x12\x18.tiersim.v1.ResetRequest\x1a\x19.tiersim.v1.ResetResponse\x12N\n\rWatchPressure\x12 .tiersim.v1.WatchPressureRequest\x1a\x19.tiersim.v1.PressureEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tiersim/v1/node.proto\x12\ntiersim.v1\"\xdc\x01\n\x0eLatencyProfile\x12\x14\n\x0cread_base_ns\x18\x01 \x01(\x04\x12\x15\n\rwrite_base_ns\x18\x02 \x01(\x04\x12\x18\n\x10per_cacheline_ns\x18\x03 \x01(\x01\x12\x1c\n\x14\x63ompress_ns_per_byte\x18\x04 \x01(\x01\x12\x1e\n\x16\x64\x65\x63ompress_ns_per_byte\x18\x05 \x01(\x01\x12\x1f\n\x17\x62\x61ndwidth_bytes_per_sec\x18\x06 \x01(\x04\x12\x14\n\x0cjitter_sigma\x18\x07 \x01(\x01\x12\x0e\n\x06source\x18\x08 \x01(\t\"=\n\nWatermarks\x12\x16\n\x0elow_free_bytes\x18\x01 \x01(\x04\x12\x17\n\x0fhigh_free_bytes\x18\x02 \x01(\x04\"g\n\tNodeState\x12\x10\n\x08pressure\x18\x01 \x01(\r\x12\x1b\n\x13physical_used_bytes\x18\x02 \x01(\x04\x12\x12\n\nfree_bytes\x18\x03 \x01(\x04\x12\x17\n\x0f\x61llocated_pages\x18\x04 \x01(\x04\"\x11\n\x0f\x44\x65scribeRequest\"\xe4\x02\n\x08NodeInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x04kind\x18\x02 \x01(\x0e\x32\x14.tiersim.v1.NodeKind\x12\x18\n\x10\x61\x64vertised_bytes\x18\x03 \x01(\x04\x12\x16\n\x0ephysical_bytes\x18\x04 \x01(\x04\x12\x11\n\tpage_size\x18\x05 \x01(\r\x12+\n\x07latency\x18\x06 \x01(\x0b\x32\x1a.tiersim.v1.LatencyProfile\x12*\n\nwatermarks\x18\x07 \x01(\x0b\x32\x16.tiersim.v1.Watermarks\x12/\n\roverflow_mode\x18\x08 \x01(\x0e\x32\x18.tiersim.v1.OverflowMode\x12\x1f\n\x17per_page_overhead_bytes\x18\t \x01(\r\x12\x17\n\x0fmax_batch_pages\x18\n \x01(\r\x12\x0c\n\x04seed\x18\x0b \x01(\x04\x12\x0f\n\x07version\x18\x0c \x01(\t\"_\n\x0f\x41llocateRequest\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12\r\n\x05\x63heck\x18\x02 \x01(\x08\x12\x17\n\x0fsize_hint_bytes\x18\x03 \x01(\r\x12\x15\n\rissue_time_ns\x18\x04 \x01(\x04\"Z\n\x10\x41llocateResponse\x12\x0f\n\x07handles\x18\x01 \x03(\x04\x12\x0f\n\x07\x63ost_ns\x18\x02 \x01(\x04\x12$\n\x05state\x18\x03 \x01(\x0b\x32\x15.tiersim.v1.NodeState\")\n\tPageWrite\x12\x0e\n\x06handle\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x96\x01\n\nPageResult\x12\x0e\n\x06handle\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x14\n\x0cstored_bytes\x18\x03 \x01(\r\x12\x0f\n\x07\x63ost_ns\x18\x04 \x01(\x04\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\x12$\n\x05state\x18\x07 \x01(\x0b\x32\x15.tiersim.v1.NodeState\"Y\n\x0cStoreRequest\x12#\n\x04page\x18\x01 \x01(\x0b\x32\x15.tiersim.v1.PageWrite\x12\r\n\x05\x63heck\x18\x02 \x01(\x08\x12\x15\n\rissue_time_ns\x18\x03 \x01(\x04\"H\n\x0bLoadRequest\x12\x0e\n\x06handle\x18\x01 \x01(\x04\x12\x12\n\nfree_after\x18\x02 \x01(\x08\x12\x15\n\rissue_time_ns\x18\x03 \x01(\x04\"j\n\nStoreBatch\x12$\n\x05pages\x18\x01 \x03(\x0b\x32\x15.tiersim.v1.PageWrite\x12\r\n\x05\x63heck\x18\x02 \x01(\x08\x12\x15\n\rissue_time_ns\x18\x03 \x01(\x04\x12\x10\n\x08\x62\x61tch_id\x18\x04 \x01(\x04\"\x84\x01\n\x10StoreBatchResult\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\'\n\x07results\x18\x02 \x03(\x0b\x32\x16.tiersim.v1.PageResult\x12\x0f\n\x07\x63ost_ns\x18\x03 \x01(\x04\x12$\n\x05state\x18\x04 \x01(\x0b\x32\x15.tiersim.v1.NodeState\"Y\n\tLoadBatch\x12\x0f\n\x07handles\x18\x01 \x03(\x04\x12\x12\n\nfree_after\x18\x02 \x01(\x08\x12\x15\n\rissue_time_ns\x18\x03 \x01(\x04\x12\x10\n\x08\x62\x61tch_id\x18\x04 \x01(\x04\"\x83\x01\n\x0fLoadBatchResult\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\'\n\x07results\x18\x02 \x03(\x0b\x32\x16.tiersim.v1.PageResult\x12\x0f\n\x07\x63ost_ns\x18\x03 \x01(\x04\x12$\n\x05state\x18\x04 \x01(\x0b\x32\x15.tiersim.v1.NodeState\"5\n\x0b\x46reeRequest\x12\x0f\n\x07handles\x18\x01 \x03(\x04\x12\x15\n\rissue_time_ns\x18\x02 \x01(\x04\"T\n\x0c\x46reeResponse\x12\r\n\x05\x66reed\x18\x01 \x01(\r\x12\x0f\n\x07\x63ost_ns\x18\x02 \x01(\x04\x12$\n\x05state\x18\x03 \x01(\x0b\x32\x15.tiersim.v1.NodeState\"5\n\x0bZeroRequest\x12\x0f\n\x07handles\x18\x01 \x03(\x04\x12\x15\n\rissue_time_ns\x18\x02 \x01(\x04\"U\n\x0cZeroResponse\x12\x0e\n\x06zeroed\x18\x01 \x01(\r\x12\x0f\n\x07\x63ost_ns\x18\x02 \x01(\x04\x12$\n\x05state\x18\x03 \x01(\x0b\x32\x15.tiersim.v1.NodeState\"\x0e\n\x0cStatsRequest\"\xee\x04\n\tNodeStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x04kind\x18\x02 \x01(\x0e\x32\x14.tiersim.v1.NodeKind\x12\x17\n\x0f\x61llocated_pages\x18\x03 \x01(\x04\x12\x14\n\x0cstored_pages\x18\x04 \x01(\x04\x12\x12\n\nzero_pages\x18\x05 \x01(\x04\x12\x16\n\x0epoisoned_pages\x18\x06 \x01(\x04\x12\x15\n\rlogical_bytes\x18\x07 \x01(\x04\x12\x14\n\x0cstored_bytes\x18\x08 \x01(\x04\x12\x1b\n\x13physical_used_bytes\x18\t \x01(\x04\x12\x16\n\x0ephysical_bytes\x18\n \x01(\x04\x12\x18\n\x10\x61\x64vertised_bytes\x18\x0b \x01(\x04\x12\x10\n\x08pressure\x18\x0c \x01(\r\x12\x15\n\rmachine_check\x18\r \x01(\x08\x12\x0e\n\x06stores\x18\x0e \x01(\x04\x12\r\n\x05loads\x18\x0f \x01(\x04\x12\r\n\x05\x66rees\x18\x10 \x01(\x04\x12\x0e\n\x06zeroes\x18\x11 \x01(\x04\x12\x15\n\ralloc_refused\x18\x12 \x01(\x04\x12\x16\n\x0ewrite_failures\x18\x13 \x01(\x04\x12\x16\n\x0emachine_checks\x18\x14 \x01(\x04\x12\x17\n\x0f\x64\x61ta_loss_reads\x18\x15 \x01(\x04\x12\x19\n\x11\x63ompress_in_bytes\x18\x16 \x01(\x04\x12\x1a\n\x12\x63ompress_out_bytes\x18\x17 \x01(\x04\x12\x1c\n\x14\x64\x65\x63ompress_out_bytes\x18\x18 \x01(\x04\x12\x0f\n\x07\x62usy_ns\x18\x19 \x01(\x04\x12\x10\n\x08queue_ns\x18\x1a \x01(\x04\x12\x19\n\x11rejected_requests\x18\x1b \x01(\x04\"\x1c\n\x0cResetRequest\x12\x0c\n\x04seed\x18\x01 \x01(\x04\"\x0f\n\rResetResponse\"\x16\n\x14WatchPressureRequest\"u\n\rPressureEvent\x12\x10\n\x08pressure\x18\x01 \x01(\r\x12\x12\n\nfree_bytes\x18\x02 \x01(\x04\x12\x1b\n\x13physical_used_bytes\x18\x03 \x01(\x04\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12\x0f\n\x07time_ns\x18\x05 \x01(\x04*w\n\x08NodeKind\x12\x19\n\x15NODE_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eNODE_KIND_DRAM\x10\x01\x12\x11\n\rNODE_KIND_CXL\x10\x02\x12\x12\n\x0eNODE_KIND_CRAM\x10\x03\x12\x15\n\x11NODE_KIND_STORAGE\x10\x04*h\n\x0cOverflowMode\x12\x1d\n\x19OVERFLOW_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14OVERFLOW_MODE_POISON\x10\x01\x12\x1f\n\x1bOVERFLOW_MODE_MACHINE_CHECK\x10\x02\x32\xd3\x05\n\nMemoryNode\x12=\n\x08\x44\x65scribe\x12\x1b.tiersim.v1.DescribeRequest\x1a\x14.tiersim.v1.NodeInfo\x12\x45\n\x08\x41llocate\x12\x1b.tiersim.v1.AllocateRequest\x1a\x1c.tiersim.v1.AllocateResponse\x12\x39\n\x05Store\x12\x18.tiersim.v1.StoreRequest\x1a\x16.tiersim.v1.PageResult\x12\x37\n\x04Load\x12\x17.tiersim.v1.LoadRequest\x1a\x16.tiersim.v1.PageResult\x12G\n\x0bStoreStream\x12\x16.tiersim.v1.StoreBatch\x1a\x1c.tiersim.v1.StoreBatchResult(\x01\x30\x01\x12\x44\n\nLoadStream\x12\x15.tiersim.v1.LoadBatch\x1a\x1b.tiersim.v1.LoadBatchResult(\x01\x30\x01\x12\x39\n\x04\x46ree\x12\x17.tiersim.v1.FreeRequest\x1a\x18.tiersim.v1.FreeResponse\x12\x39\n\x04Zero\x12\x17.tiersim.v1.ZeroRequest\x1a\x18.tiersim.v1.ZeroResponse\x12\x38\n\x05Stats\x12\x18.tiersim.v1.StatsRequest\x1a\x15.tiersim.v1.NodeStats\x12<\n\x05Reset\x12\x18.tiersim.v1.ResetRequest\x1a\x19.tiersim.v1.ResetResponse\x12N\n\rWatchPressure\x12 .tiersim.v1.WatchPressureRequest\x1a\x19.tiersim.v1.PressureEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tiersim.v1.node_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NODEKIND']._serialized_start=2915
-  _globals['_NODEKIND']._serialized_end=3034
-  _globals['_OVERFLOWMODE']._serialized_start=3036
-  _globals['_OVERFLOWMODE']._serialized_end=3140
+  _globals['_NODEKIND']._serialized_start=2938
+  _globals['_NODEKIND']._serialized_end=3057
+  _globals['_OVERFLOWMODE']._serialized_start=3059
+  _globals['_OVERFLOWMODE']._serialized_end=3163
   _globals['_LATENCYPROFILE']._serialized_start=38
   _globals['_LATENCYPROFILE']._serialized_end=258
   _globals['_WATERMARKS']._serialized_start=260
@@ -46,45 +46,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NODEINFO']._serialized_start=448
   _globals['_NODEINFO']._serialized_end=804
   _globals['_ALLOCATEREQUEST']._serialized_start=806
-  _globals['_ALLOCATEREQUEST']._serialized_end=878
-  _globals['_ALLOCATERESPONSE']._serialized_start=880
-  _globals['_ALLOCATERESPONSE']._serialized_end=970
-  _globals['_PAGEWRITE']._serialized_start=972
-  _globals['_PAGEWRITE']._serialized_end=1013
-  _globals['_PAGERESULT']._serialized_start=1016
-  _globals['_PAGERESULT']._serialized_end=1166
-  _globals['_STOREREQUEST']._serialized_start=1168
-  _globals['_STOREREQUEST']._serialized_end=1257
-  _globals['_LOADREQUEST']._serialized_start=1259
-  _globals['_LOADREQUEST']._serialized_end=1331
-  _globals['_STOREBATCH']._serialized_start=1333
-  _globals['_STOREBATCH']._serialized_end=1439
-  _globals['_STOREBATCHRESULT']._serialized_start=1442
-  _globals['_STOREBATCHRESULT']._serialized_end=1574
-  _globals['_LOADBATCH']._serialized_start=1576
-  _globals['_LOADBATCH']._serialized_end=1665
-  _globals['_LOADBATCHRESULT']._serialized_start=1668
-  _globals['_LOADBATCHRESULT']._serialized_end=1799
-  _globals['_FREEREQUEST']._serialized_start=1801
-  _globals['_FREEREQUEST']._serialized_end=1854
-  _globals['_FREERESPONSE']._serialized_start=1856
-  _globals['_FREERESPONSE']._serialized_end=1940
-  _globals['_ZEROREQUEST']._serialized_start=1942
-  _globals['_ZEROREQUEST']._serialized_end=1995
-  _globals['_ZERORESPONSE']._serialized_start=1997
-  _globals['_ZERORESPONSE']._serialized_end=2082
-  _globals['_STATSREQUEST']._serialized_start=2084
-  _globals['_STATSREQUEST']._serialized_end=2098
-  _globals['_NODESTATS']._serialized_start=2101
-  _globals['_NODESTATS']._serialized_end=2723
-  _globals['_RESETREQUEST']._serialized_start=2725
-  _globals['_RESETREQUEST']._serialized_end=2753
-  _globals['_RESETRESPONSE']._serialized_start=2755
-  _globals['_RESETRESPONSE']._serialized_end=2770
-  _globals['_WATCHPRESSUREREQUEST']._serialized_start=2772
-  _globals['_WATCHPRESSUREREQUEST']._serialized_end=2794
-  _globals['_PRESSUREEVENT']._serialized_start=2796
-  _globals['_PRESSUREEVENT']._serialized_end=2913
-  _globals['_MEMORYNODE']._serialized_start=3143
-  _globals['_MEMORYNODE']._serialized_end=3866
+  _globals['_ALLOCATEREQUEST']._serialized_end=901
+  _globals['_ALLOCATERESPONSE']._serialized_start=903
+  _globals['_ALLOCATERESPONSE']._serialized_end=993
+  _globals['_PAGEWRITE']._serialized_start=995
+  _globals['_PAGEWRITE']._serialized_end=1036
+  _globals['_PAGERESULT']._serialized_start=1039
+  _globals['_PAGERESULT']._serialized_end=1189
+  _globals['_STOREREQUEST']._serialized_start=1191
+  _globals['_STOREREQUEST']._serialized_end=1280
+  _globals['_LOADREQUEST']._serialized_start=1282
+  _globals['_LOADREQUEST']._serialized_end=1354
+  _globals['_STOREBATCH']._serialized_start=1356
+  _globals['_STOREBATCH']._serialized_end=1462
+  _globals['_STOREBATCHRESULT']._serialized_start=1465
+  _globals['_STOREBATCHRESULT']._serialized_end=1597
+  _globals['_LOADBATCH']._serialized_start=1599
+  _globals['_LOADBATCH']._serialized_end=1688
+  _globals['_LOADBATCHRESULT']._serialized_start=1691
+  _globals['_LOADBATCHRESULT']._serialized_end=1822
+  _globals['_FREEREQUEST']._serialized_start=1824
+  _globals['_FREEREQUEST']._serialized_end=1877
+  _globals['_FREERESPONSE']._serialized_start=1879
+  _globals['_FREERESPONSE']._serialized_end=1963
+  _globals['_ZEROREQUEST']._serialized_start=1965
+  _globals['_ZEROREQUEST']._serialized_end=2018
+  _globals['_ZERORESPONSE']._serialized_start=2020
+  _globals['_ZERORESPONSE']._serialized_end=2105
+  _globals['_STATSREQUEST']._serialized_start=2107
+  _globals['_STATSREQUEST']._serialized_end=2121
+  _globals['_NODESTATS']._serialized_start=2124
+  _globals['_NODESTATS']._serialized_end=2746
+  _globals['_RESETREQUEST']._serialized_start=2748
+  _globals['_RESETREQUEST']._serialized_end=2776
+  _globals['_RESETRESPONSE']._serialized_start=2778
+  _globals['_RESETRESPONSE']._serialized_end=2793
+  _globals['_WATCHPRESSUREREQUEST']._serialized_start=2795
+  _globals['_WATCHPRESSUREREQUEST']._serialized_end=2817
+  _globals['_PRESSUREEVENT']._serialized_start=2819
+  _globals['_PRESSUREEVENT']._serialized_end=2936
+  _globals['_MEMORYNODE']._serialized_start=3166
+  _globals['_MEMORYNODE']._serialized_end=3889
 # @@protoc_insertion_point(module_scope)

@@ -322,6 +322,7 @@ class AllocateRequest(_message.Message):
     COUNT_FIELD_NUMBER: _builtins.int
     CHECK_FIELD_NUMBER: _builtins.int
     SIZE_HINT_BYTES_FIELD_NUMBER: _builtins.int
+    ISSUE_TIME_NS_FIELD_NUMBER: _builtins.int
     count: _builtins.int
     """Number of pages to reserve, 1..max_batch_pages."""
     check: _builtins.bool
@@ -331,16 +332,21 @@ class AllocateRequest(_message.Message):
     (e.g. its last compressed size). 0 means assume the worst case: a page
     that does not compress at all.
     """
+    issue_time_ns: _builtins.int
+    """Simulated time of the request, carried into the pressure event it may
+    cause. 0 if unknown.
+    """
     def __init__(
         self,
         *,
         count: _builtins.int = ...,
         check: _builtins.bool = ...,
         size_hint_bytes: _builtins.int = ...,
+        issue_time_ns: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "count", b"count", "size_hint_bytes", b"size_hint_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "count", b"count", "issue_time_ns", b"issue_time_ns", "size_hint_bytes", b"size_hint_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
