@@ -252,17 +252,25 @@ async def handle_mm_fault(mm: Mm, proc: Process, page: int, write: bool) -> int:
     return cost + _access(mm, page, write)
 
 
-async def do_anonymous_page(mm: Mm, proc: Process, host: Host, page: int) -> int:
+async def _charge_and_alloc(mm: Mm, proc: Process, host: Host) -> tuple[int, int]:
+    """Charge the memcg a page and take a frame: (node id, ns); node -1 after an OOM kill."""
     memcg = mm.memcgs[proc.memcg]
     ok, cost = await try_charge(mm, memcg, PAGE_SIZE)
     if not ok:
         await oom_kill(mm, proc, "memcg oom")
-        return -1
+        return -1, cost
     nid, c = await alloc_page(mm, host)
     cost += c
     if nid < 0:
         uncharge(memcg, PAGE_SIZE)
         await oom_kill(mm, proc, "oom")
+    return nid, cost
+
+
+async def do_anonymous_page(mm: Mm, proc: Process, host: Host, page: int) -> int:
+    memcg = mm.memcgs[proc.memcg]
+    nid, cost = await _charge_and_alloc(mm, proc, host)
+    if nid < 0:
         return -1
     pages = mm.pages
     pages.state[page] = PS_MAPPED
@@ -279,15 +287,8 @@ async def do_anonymous_page(mm: Mm, proc: Process, host: Host, page: int) -> int
 async def do_swap_page(mm: Mm, proc: Process, host: Host, page: int) -> int:
     """Major fault: bring the page back from zswap or swap into local memory."""
     memcg = mm.memcgs[proc.memcg]
-    ok, cost = await try_charge(mm, memcg, PAGE_SIZE)
-    if not ok:
-        await oom_kill(mm, proc, "memcg oom")
-        return -1
-    nid, c = await alloc_page(mm, host)
-    cost += c
+    nid, cost = await _charge_and_alloc(mm, proc, host)
     if nid < 0:
-        uncharge(memcg, PAGE_SIZE)
-        await oom_kill(mm, proc, "oom")
         return -1
     got, c = await swap_in(mm, page, host)
     cost += c + mm.costs.major_fault_ns

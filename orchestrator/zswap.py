@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 import lz4.block
 
-from tiersim.nodes._types import OK
+from tiersim.nodes._types import OK, BatchResult
 
 from ._pages import F_ZSWAP_REF, PS_SWAP, PS_ZSWAP, PS_ZSWAP_DIRECT
 from .config import ZswapTunables
@@ -305,23 +305,29 @@ async def _entry_free(mm: Mm, zswap: Zswap, page: int, memcg: Memcg) -> int:
     return 0
 
 
+async def _load_direct(mm: Mm, page: int) -> BatchResult | None:
+    """Copy a directly stored page back from its compressed node, freeing it there."""
+    pages = mm.pages
+    nid = pages.node[page]
+    node = mm.nodes[nid]
+    result = await node_call(
+        mm, nid, node.client.load([pages.handle[page]], free_after=True, now_ns=mm.sched.now_ns)
+    )
+    if result is not None:
+        node.nr_pages -= 1
+        mm.note_state(nid, result.state)
+    return result
+
+
 async def zswap_load(mm: Mm, zswap: Zswap, page: int, memcg: Memcg) -> tuple[bool, int]:
     """Exclusive load: decompress (or copy from the direct node), free the entry."""
     pages = mm.pages
     host = mm.hosts[zswap.host]
     cost = 0
     if pages.state[page] == PS_ZSWAP_DIRECT:
-        nid = pages.node[page]
-        node = mm.nodes[nid]
-        result = await node_call(
-            mm,
-            nid,
-            node.client.load([pages.handle[page]], free_after=True, now_ns=mm.sched.now_ns),
-        )
+        result = await _load_direct(mm, page)
         if result is None:
             return False, 0
-        mm.note_state(nid, result.state)
-        node.nr_pages -= 1
         cost += result.cost_ns
         if result.codes[0] != OK:
             zswap.stats.decompress_fail += 1
@@ -362,17 +368,9 @@ async def writeback_entry(mm: Mm, zswap: Zswap, page: int, memcg: Memcg) -> tupl
     cost = int(mm.costs.lz4_decompress_ns_per_byte * PAGE_SIZE)
     state = pages.state[page]
     if state == PS_ZSWAP_DIRECT:
-        nid = pages.node[page]
-        node = mm.nodes[nid]
-        result = await node_call(
-            mm,
-            nid,
-            node.client.load([pages.handle[page]], free_after=True, now_ns=mm.sched.now_ns),
-        )
+        result = await _load_direct(mm, page)
         if result is None:
             return False, 0
-        node.nr_pages -= 1
-        mm.note_state(nid, result.state)
         cost = result.cost_ns
     # Free the entry first (it holds the page's charge), then write.
     await _entry_free(mm, zswap, page, memcg)
