@@ -112,9 +112,10 @@ def bench_resident(pages: int, accesses: int) -> None:
         RESIDENT.format(dram=f"{mib * 2 + 64}MiB", footprint=f"{mib}MiB", accesses=accesses)
     )
     sim = Simulation(cfg)
-    t0 = time.perf_counter()
     asyncio.run(sim.run())
-    wall = time.perf_counter() - t0
+    # The event loop's time: building the cluster (content templates, device
+    # models) is set-up, not access handling.
+    wall = sim.loop_wall_s
     proc = sim.mm.procs[0]
     faults = sum(h.vmstat["pgfault"] for h in sim.mm.hosts)
     # Baseline: generate the same accesses and gather page state for each.
@@ -243,9 +244,10 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="smaller sizes")
     args = p.parse_args()
     os.environ.setdefault("PYTHONHASHSEED", "0")
+    # First, while this process's peak RSS is still small.
+    bench_footprint(100_000 if args.quick else 1_000_000)
     bench_resident(8192 if args.quick else 65536, 500_000 if args.quick else 3_000_000)
     bench_demote(5_000 if args.quick else 40_000)
-    bench_footprint(100_000 if args.quick else 1_000_000)
     return 0
 
 

@@ -117,6 +117,7 @@ class Simulation:
         self.mm = Mm(config, self.sched)
         self.progress = progress
         self.wall_s = 0.0
+        self.loop_wall_s = 0.0
         self._clients: list[NodeClient] = []
         self._killable: dict[str, KillableClient] = {}
 
@@ -328,7 +329,10 @@ class Simulation:
             await self.build()
             await self._start_policy()
             self._schedule()
+            loop_start = time.perf_counter()
             await self.sched.run_until(self.config.duration_ns, stop=self._finished)
+            # Wall time of the event loop alone (benchmarks), set-up excluded.
+            self.loop_wall_s = time.perf_counter() - loop_start
             doc = await self._results()
         finally:
             await self.mm.policy.close()
