@@ -13,7 +13,7 @@ The store path follows mm/zswap.c in order (see KERNEL.md, "zswap"):
    back meanwhile;
 5. compress with lz4 on the page's real bytes; a page that does not shrink
    is stored as-is (PAGE_SIZE) if the cgroup may write back, else rejected
-   (reject_compress_poor);
+   (counted as reject_compress_fail, as Linux 7.3 does);
 6. allocate in the pool (zsmalloc size classes), charge the cgroup, add the
    entry to the LRU, referenced.
 
@@ -254,7 +254,10 @@ async def zswap_store(
     cost += int(mm.costs.lz4_compress_ns_per_byte * PAGE_SIZE)
     if clen >= PAGE_SIZE:
         if not memcg.config.zswap_writeback:
-            zswap.stats.reject_compress_poor += 1
+            # Linux 7.3 counts this rejection as a compression failure
+            # (reject_compress_fail); reject_compress_poor stays 0 — see the
+            # zswap-incomp-nowb reference recording (docs/fidelity.md).
+            zswap.stats.reject_compress_fail += 1
             return False, cost
         clen = PAGE_SIZE
         zswap.stats.stored_incompressible_pages += 1

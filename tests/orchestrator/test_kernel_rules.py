@@ -54,7 +54,7 @@ def test_incompressible_pages_stored_as_is_when_writeback_allowed(simulate: Any)
         workloads__w__content="incompressible",
     )
     assert zs(doc, "stored_incompressible_pages") > 0
-    assert zs(doc, "reject_compress_poor") == 0
+    assert zs(doc, "reject_compress_fail") == 0
     # As-is entries take a whole page of pool each.
     assert zs(doc, "pool_total_size") >= zs(doc, "stored_incompressible_pages") * 4096
 
@@ -65,7 +65,9 @@ def test_incompressible_pages_refused_without_writeback(simulate: Any) -> None:
         workloads__w__content="incompressible",
         **{"cgroups.app.zswap_writeback": False},
     )
-    assert zs(doc, "reject_compress_poor") > 0
+    # Linux 7.3 counts these as reject_compress_fail (reference recording).
+    assert zs(doc, "reject_compress_fail") > 0
+    assert zs(doc, "reject_compress_poor") == 0
     assert zs(doc, "stored_incompressible_pages") == 0
     # A page zswap refuses does not fall through to the swap device.
     assert vm(doc, "pswpout") == 0
