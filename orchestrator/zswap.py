@@ -213,10 +213,12 @@ async def zswap_store(
         return False, cost
     # 3. per-cgroup limit
     if memcg.config.zswap_max is not None and memcg.zswap_current >= memcg.config.zswap_max:
-        if memcg.config.zswap_writeback:
-            _, c = await shrink_memcg(mm, zswap, memcg.index, 1)
-            cost += c
-        if memcg.zswap_current >= memcg.config.zswap_max:
+        # zswap_store(): at memory.zswap.max, shrink_memcg() looks at one
+        # entry; if that writes nothing back (referenced, or writeback off)
+        # the store is rejected, otherwise it goes ahead.
+        status, c = await shrink_memcg_one(mm, zswap, memcg.index)
+        cost += c
+        if status != SHRINK_OK:
             return False, cost
     # 4. global limit with hysteresis
     if zswap.check_limits():
@@ -431,8 +433,43 @@ async def shrink_memcg(mm: Mm, zswap: Zswap, memcg_index: int, nr: int) -> tuple
     return done, cost
 
 
+SHRINK_OK = 0
+SHRINK_NOENT = 1  # -ENOENT: nothing to walk, or writeback disabled
+SHRINK_AGAIN = 2  # -EAGAIN: the entry walked got a second chance instead
+
+
+async def shrink_memcg_one(mm: Mm, zswap: Zswap, memcg_index: int) -> tuple[int, int]:
+    """shrink_memcg(): walk one entry of the cgroup's zswap LRU (one per node).
+
+    A referenced entry is rotated and loses its reference (second chance);
+    otherwise it is written back. Returns (status, ns).
+    """
+    memcg = mm.memcgs[memcg_index]
+    lru = zswap.lru.get(memcg_index)
+    if not memcg.config.zswap_writeback or not lru:
+        return SHRINK_NOENT, 0
+    flags = mm.pages.flags
+    page = next(iter(lru))
+    if flags[page] & F_ZSWAP_REF:
+        flags[page] &= ~F_ZSWAP_REF & 0xFF
+        lru.move_to_end(page)
+        return SHRINK_AGAIN, 0
+    if not await mm.policy.zswap_writeback(mm, mm.hosts[zswap.host], page, True):
+        lru.move_to_end(page)
+        return SHRINK_AGAIN, 0
+    ok, cost = await writeback_entry(mm, zswap, page, memcg)
+    return (SHRINK_OK if ok else SHRINK_AGAIN), cost
+
+
 def start_shrink_worker(mm: Mm, zswap: Zswap) -> None:
-    """shrink_worker(): write back, round-robin over cgroups, to the accept threshold."""
+    """shrink_worker(): write back, round-robin over cgroups, to the accept threshold.
+
+    Each step writes back up to 32 entries of the next cgroup (giving
+    referenced ones a second chance) and the worker stops after
+    MAX_RECLAIM_RETRIES steps that wrote nothing. mm/zswap.c walks one entry
+    per attempt; the reference recordings (docs/fidelity.md, G3) show this
+    worker writing back about twice what the kernel does.
+    """
     if zswap.shrink_running:
         return
     zswap.shrink_running = True
