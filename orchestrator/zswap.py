@@ -39,7 +39,7 @@ import lz4.block
 
 from tiersim.nodes._types import OK, BatchResult
 
-from ._pages import F_ZSWAP_REF, PS_SWAP, PS_ZSWAP, PS_ZSWAP_DIRECT
+from ._pages import F_ZSWAP_REF, PS_ZSWAP, PS_ZSWAP_DIRECT
 from .config import ZswapTunables
 from .memcontrol import charge, uncharge
 from .migrate import node_call
@@ -517,7 +517,6 @@ async def zswap_shrinker_scan(mm: Mm, host: Host, scanned: int, lru_pages: int) 
 
 
 __all__ = [
-    "PS_SWAP",
     "Zswap",
     "ZswapStats",
     "zswap_invalidate",
