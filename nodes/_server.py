@@ -15,7 +15,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import os
-import signal
 import sys
 import tempfile
 import threading
@@ -36,6 +35,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from tiersim import __version__
 from tiersim._errors import ConfigError, NodeError
+from tiersim._lifecycle import stop_on_signals
 from tiersim._logging import get_logger
 from tiersim._security import ServerSecurity
 from tiersim.v1 import node_pb2 as pb
@@ -728,24 +728,16 @@ async def serve(
     address to `options.address_file` when set.
     """
     stop = stop_event or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    # Handlers first: a signal that arrives once the address is announced must stop us cleanly.
-    installed = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
     server = NodeServer(config, options, security=security)
-    try:
-        await server.start()
-        print(f"listening {server.address}", flush=True)
-        if server.options.address_file:
-            write_address_file(server.options.address_file, server.address)
-        await stop.wait()
-        get_logger("tiersim.nodes.server").info("shutting down", grace_s=grace)
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-        await server.stop(grace)
-        sys.stdout.flush()
+    with stop_on_signals(stop):
+        try:
+            await server.start()
+            print(f"listening {server.address}", flush=True)
+            if server.options.address_file:
+                write_address_file(server.options.address_file, server.address)
+            await stop.wait()
+            get_logger("tiersim.nodes.server").info("shutting down", grace_s=grace)
+        finally:
+            await server.stop(grace)
+            sys.stdout.flush()
     return 0

@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from tiersim._errors import ConfigError
+from tiersim._security import is_loopback
 from tiersim._units import PAGE_SIZE, parse_duration_ns, parse_size
 
 __all__ = [
@@ -173,30 +174,6 @@ class ClusterSpec:
             if n.name == name:
                 return n
         raise KeyError(name)
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` (an address or a name) only ever means this machine.
-
-    The same rule as the node server's: 0.0.0.0, :: and names that do not
-    resolve are not loopback.
-    """
-    import ipaddress
-    import socket
-
-    host = host.strip().strip("[]")
-    if not host:
-        return False
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError:
-        return False
-    addrs = {str(info[4][0]).split("%")[0] for info in infos}
-    return bool(addrs) and all(ipaddress.ip_address(a).is_loopback for a in addrs)
 
 
 def derived_seed(scenario_seed: int, node_name: str) -> int:

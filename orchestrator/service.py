@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import itertools
 import secrets
-import signal
 import sys
 import time
 from collections import OrderedDict
@@ -45,6 +44,7 @@ import grpc.aio
 from google.protobuf.message import DecodeError, Message
 
 from tiersim._errors import ConfigError
+from tiersim._lifecycle import stop_on_signals
 from tiersim._logging import get_logger
 from tiersim._security import ServerSecurity
 from tiersim.v1 import orchestrator_pb2 as opb
@@ -593,18 +593,11 @@ async def serve(
 
         write_address_file(address_file, server.address)
     stop = stop_event or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    installed = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
-    try:
-        await stop.wait()
-        _log.info("shutting down", grace_s=grace)
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-        await server.stop(grace)
-        sys.stdout.flush()
+    with stop_on_signals(stop):
+        try:
+            await stop.wait()
+            _log.info("shutting down", grace_s=grace)
+        finally:
+            await server.stop(grace)
+            sys.stdout.flush()
     return 0
