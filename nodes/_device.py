@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Iterator, Sequence
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import grpc
 import numpy as np
@@ -51,6 +51,7 @@ from ._types import (
     NodeStats,
     OpResult,
     OverflowMode,
+    PageData,
     PressureEvent,
 )
 
@@ -66,7 +67,7 @@ _PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 
 # How a page lies on the media: (blob, payload bytes, compressor in, compressor out).
 Encoded = tuple[bytes, int, int, int]
-_ZERO_ENCODED: Encoded = (b"", 0, 0, 0)
+ZERO_ENCODED: Encoded = (b"", 0, 0, 0)
 
 # Metadata arrays start small and double, so a huge advertised capacity costs
 # nothing until it is used.
@@ -274,9 +275,9 @@ class MemoryDevice:
 
     # ------------------------------------------------------------ media hooks
 
-    def _encode(self, data: bytes) -> tuple[bytes, int, int, int]:
+    def _encode(self, data: PageData) -> tuple[bytes, int, int, int]:
         """Lay a non-zero page on the media: (blob, payload bytes, compress in, compress out)."""
-        return data, PAGE_SIZE, 0, 0
+        return bytes(data) if type(data) is not bytes else data, PAGE_SIZE, 0, 0
 
     def _decode(self, blob: bytes, size: int) -> tuple[bytes, int]:
         """Read a payload back: (the 4096 page bytes, bytes out of the decompressor)."""
@@ -291,16 +292,24 @@ class MemoryDevice:
         stays atomic. Entries that are not a valid page are None; `store`
         validates the request itself.
         """
-        encode = self._encode
+        encode = self._encode_page
         out: list[Encoded | None] = []
         for data in datas:
-            if type(data) is not bytes or len(data) != PAGE_SIZE:
-                out.append(None)
-            elif data == ZERO_PAGE:
-                out.append(_ZERO_ENCODED)
+            if type(data) is memoryview:
+                # Pages decoded straight from a request (see decode_store_batch).
+                ok = data.nbytes == PAGE_SIZE and data.c_contiguous
             else:
-                out.append(encode(data))
+                ok = type(data) is bytes and len(data) == PAGE_SIZE
+            out.append(encode(cast(PageData, data)) if ok else None)
         return out
+
+    def _encode_page(self, data: PageData) -> Encoded:
+        """`_encode`, or the zero-page encoding for a page of zeros."""
+        if type(data) is not bytes:
+            # Not `view == ZERO_PAGE`: a memoryview compares element by element,
+            # 16 us for a page of zeros.
+            data = bytes(data)
+        return ZERO_ENCODED if data == ZERO_PAGE else self._encode(data)
 
     # ------------------------------------------------------------ pressure
 
@@ -524,8 +533,15 @@ class MemoryDevice:
         self._update_pressure(now_ns)
         return AllocateResult(handles=[s + 1 for s in slots], cost_ns=cost, state=self.state())
 
-    def _validate_pages(self, pages: Sequence[tuple[int, bytes]]) -> tuple[list[int], list[bytes]]:
-        """Split (handle, data) pairs; every data exactly one page of bytes."""
+    def _validate_pages(
+        self, pages: Sequence[tuple[int, PageData]], keep_views: bool
+    ) -> tuple[list[int], list[PageData]]:
+        """Split (handle, data) pairs; every data exactly one page of bytes.
+
+        Data that is not bytes is copied into bytes, except memoryviews when
+        `keep_views` (the pages are already encoded and only their length
+        matters here).
+        """
         try:
             if set(map(len, pages)) != {2}:
                 raise TypeError
@@ -540,7 +556,8 @@ class MemoryDevice:
                         raise self._reject(
                             _INVALID, f"page data must be bytes, not {type(data).__name__}"
                         )
-                    datas[i] = bytes(data)
+                    if not (keep_views and type(data) is memoryview and data.format == "B"):
+                        datas[i] = bytes(data)
         if set(map(len, datas)) != {PAGE_SIZE}:
             bad = next(len(d) for d in datas if len(d) != PAGE_SIZE)
             raise self._reject(_INVALID, f"page data is {bad} bytes; pages are exactly {PAGE_SIZE}")
@@ -548,7 +565,7 @@ class MemoryDevice:
 
     def store(
         self,
-        pages: Sequence[tuple[int, bytes]],
+        pages: Sequence[tuple[int, PageData]],
         *,
         check: bool = False,
         now_ns: int = 0,
@@ -570,7 +587,7 @@ class MemoryDevice:
         self._check_serving()
         n = len(pages)
         self._check_batch_len(n, "store")
-        hs, datas = self._validate_pages(pages)
+        hs, datas = self._validate_pages(pages, keep_views=encoded is not None)
         if encoded is not None and len(encoded) != n:
             raise ValueError("encoded must hold one entry per page")
         explicit = self._check_handles(hs, allow_zero=True)
@@ -587,7 +604,7 @@ class MemoryDevice:
         w_states: list[int] = []
         w_sizes: list[int] = []
         reserved_slot = -1  # a slot allocated, then left unwritten by a machine check
-        blobs, encode = self._blobs, self._encode
+        blobs, encode = self._blobs, self._encode_page
         physical, overhead, capacity = self._physical, self._overhead, self._capacity
         allocated, stored_bytes, reserved = (
             self._allocated,
@@ -646,7 +663,7 @@ class MemoryDevice:
             enc = encoded[i] if encoded is not None else None
             if enc is None:
                 data = datas[i]
-                enc = _ZERO_ENCODED if data == ZERO_PAGE else encode(data)
+                enc = encode(data)
             blob, new, cin, cout = enc
             c_in += cin
             c_out += cout

@@ -43,6 +43,8 @@ from tiersim.v1 import node_pb2_grpc as pb_grpc
 
 from ._config import NodeConfig, ServerOptions
 from ._convert import (
+    StoreWrites,
+    decode_store_batch,
     event_to_pb,
     info_to_pb,
     page_result_to_pb,
@@ -240,16 +242,17 @@ class NodeServicer(pb_grpc.MemoryNodeServicer):
             await context.abort(grpc.StatusCode.DATA_LOSS, r.messages[0])
         return page_result_to_pb(r)
 
-    async def StoreStream(
+    async def StoreStream(  # type: ignore[override]
         self,
-        request_iterator: AsyncIterator[pb.StoreBatch],
+        request_iterator: AsyncIterator[StoreWrites],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[pb.StoreBatchResult]:
+        """StoreBatch messages arrive decoded by `decode_store_batch`."""
         device = self.device
-        async for batch, pages, encoded in self._store_batches(request_iterator):
+        async for batch, encoded in self._store_batches(request_iterator):
             try:
                 r = device.store(
-                    pages, check=batch.check, now_ns=batch.issue_time_ns, encoded=encoded
+                    batch.pages, check=batch.check, now_ns=batch.issue_time_ns, encoded=encoded
                 )
             except NodeError as exc:
                 await self._abort(context, exc, batch.batch_id)
@@ -260,8 +263,8 @@ class NodeServicer(pb_grpc.MemoryNodeServicer):
             yield out
 
     async def _store_batches(
-        self, request_iterator: AsyncIterator[pb.StoreBatch]
-    ) -> AsyncIterator[tuple[pb.StoreBatch, list[tuple[int, bytes]], list[Encoded | None] | None]]:
+        self, request_iterator: AsyncIterator[StoreWrites]
+    ) -> AsyncIterator[tuple[StoreWrites, list[Encoded | None] | None]]:
         """Batches of a StoreStream, in order, with their pages compressed ahead.
 
         On a compressing device, lz4 runs on a worker thread (it releases the
@@ -270,7 +273,7 @@ class NodeServicer(pb_grpc.MemoryNodeServicer):
         """
         if self._encoder is None:
             async for batch in request_iterator:
-                yield batch, [(p.handle, p.data) for p in batch.pages], None
+                yield batch, None
             return
         loop = asyncio.get_running_loop()
         encoder, device = self._encoder, self.device
@@ -281,11 +284,10 @@ class NodeServicer(pb_grpc.MemoryNodeServicer):
         async def read() -> None:
             try:
                 async for batch in request_iterator:
-                    pages = [(p.handle, p.data) for p in batch.pages]
                     future = loop.run_in_executor(
-                        encoder, device.encode_pages, [d for _, d in pages]
+                        encoder, device.encode_pages, [d for _, d in batch.pages]
                     )
-                    queue.put_nowait((batch, pages, future))
+                    queue.put_nowait((batch, future))
                     await ahead.acquire()
                 queue.put_nowait(done)
             except asyncio.CancelledError:
@@ -301,10 +303,10 @@ class NodeServicer(pb_grpc.MemoryNodeServicer):
                     return
                 if isinstance(item, BaseException):
                     raise item
-                batch, pages, future = item
+                batch, future = item
                 encoded = await future
                 ahead.release()
-                yield batch, pages, encoded
+                yield batch, encoded
         finally:
             reader.cancel()
 
@@ -412,7 +414,8 @@ def _service_handler(servicer: NodeServicer) -> grpc.GenericRpcHandler:
 
     def decode(cls: Any, raw: bytes) -> Any:
         try:
-            return cls.FromString(raw)
+            # StoreBatch has a decoder of its own that does not copy the pages.
+            return decode_store_batch(raw) if cls is pb.StoreBatch else cls.FromString(raw)
         except DecodeError as exc:
             servicer.device.count_rejected()
             raise NodeError(

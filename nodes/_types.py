@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import grpc
 
 PAGE_SIZE = 4096
+# Page data as a device accepts it: bytes, or a view of a received message.
+PageData = bytes | bytearray | memoryview
 CACHELINE = 64
 
 

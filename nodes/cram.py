@@ -14,11 +14,20 @@ from __future__ import annotations
 
 import lz4.block
 
-from ._device import MemoryDevice
-from ._types import PAGE_SIZE, NodeKind
+from ._device import ZERO_ENCODED, Encoded, MemoryDevice
+from ._types import PAGE_SIZE, NodeKind, PageData
 
 _compress = lz4.block.compress
 _decompress = lz4.block.decompress
+_PACKED_ZERO_PAGE = _compress(bytes(PAGE_SIZE), store_size=False)
+
+
+def _lay_out(data: PageData, packed: bytes) -> Encoded:
+    n = len(packed)
+    if n >= PAGE_SIZE:
+        # Incompressible: keep the page as-is (zswap does the same since ~6.18).
+        return bytes(data), PAGE_SIZE, PAGE_SIZE, n
+    return packed, n, PAGE_SIZE, n
 
 
 class CramDevice(MemoryDevice):
@@ -27,13 +36,17 @@ class CramDevice(MemoryDevice):
     kind = NodeKind.CRAM
     compresses = True
 
-    def _encode(self, data: bytes) -> tuple[bytes, int, int, int]:
+    def _encode(self, data: PageData) -> Encoded:
+        return _lay_out(data, _compress(data, store_size=False))
+
+    def _encode_page(self, data: PageData) -> Encoded:
+        if type(data) is bytes:
+            return super()._encode_page(data)
+        # A view of a received message: compress it in place rather than copy it to
+        # test for zeros. lz4 output determines its input, so only a page of zeros
+        # compresses to what a page of zeros does.
         packed = _compress(data, store_size=False)
-        n = len(packed)
-        if n >= PAGE_SIZE:
-            # Incompressible: keep the page as-is (zswap does the same since ~6.18).
-            return data, PAGE_SIZE, PAGE_SIZE, n
-        return packed, n, PAGE_SIZE, n
+        return ZERO_ENCODED if packed == _PACKED_ZERO_PAGE else _lay_out(data, packed)
 
     def _decode(self, blob: bytes, size: int) -> tuple[bytes, int]:
         if size == PAGE_SIZE:

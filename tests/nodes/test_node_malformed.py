@@ -218,6 +218,7 @@ async def test_malformed_requests_are_answered_and_change_nothing(pages: Pages) 
         assert sent == 300
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestWarning")
 def test_stats_message_fields_match_the_dataclass() -> None:
     from tiersim.nodes import NodeStats
 
