@@ -137,6 +137,10 @@ class Process:
     killed: str | None = None
     # NUMA scanner position (task_numa_work's mm->numa_scan_offset)
     numa_scan_offset: int = 0
+    # Swap readahead state (the VMA's swap_readahead_info): last fault, window, hits.
+    swap_ra_pfn: int = -2
+    swap_ra_win: int = 0
+    swap_ra_hits: int = 0
     # Latency histogram (see results.LatencyHistogram)
     latency: Any = None
     # The current chunk of accesses and the position in it.

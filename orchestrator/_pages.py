@@ -54,6 +54,7 @@ F_REFERENCED = 0x02  # PG_referenced
 F_ACTIVE = 0x04  # PG_active: on the active list
 F_PROTNONE = 0x08  # PTE made PROT_NONE by the NUMA scanner: next access hint-faults
 F_ZSWAP_REF = 0x10  # zswap entry referenced (second chance in writeback)
+F_SWAPCACHE = 0x20  # read ahead into the swap cache, not mapped yet: next access faults
 
 NO_LIST = -1
 BYTES_PER_PAGE = 2 + 1 + 1 + 4 + 4 + 2 + 2 + 8 + 2 + 4 + 4 + 4

@@ -108,6 +108,8 @@ class Tunables:
     swappiness: int = 60
     # vm.watermark_scale_factor, in units of 1/10000 of the node.
     watermark_scale_factor: int = 10
+    # vm.page-cluster: swap readahead reads up to 2**page_cluster pages a fault.
+    page_cluster: int = 3
     zswap: ZswapTunables = field(default_factory=ZswapTunables)
     cram: CramTunables = field(default_factory=CramTunables)
     numa: NumaTunables = field(default_factory=NumaTunables)

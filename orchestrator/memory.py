@@ -24,6 +24,7 @@ import numpy as np
 
 from ._pages import (
     F_PROTNONE,
+    F_SWAPCACHE,
     F_YOUNG,
     PS_CRAM_RO,
     PS_LOST,
@@ -40,10 +41,15 @@ from .migrate import node_call, promote_page
 from .numa_balancing import migrate_balanced, should_promote, tiering_mode
 from .page_alloc import alloc_page, free_frame, take_frame
 from .swap import swap_in
+from .swap_state import swap_cache_hit, swap_vma_ra_win, swap_vma_readahead
 from .vmscan import wakeup_kswapd
 
 if TYPE_CHECKING:
     from ._mm import Host, Mm, Process
+
+# Resident pages whose next access still faults: hint-fault PTEs, and pages
+# read ahead into the swap cache but not yet mapped.
+F_UNMAPPED = F_PROTNONE | F_SWAPCACHE
 
 PAGE_SIZE = 4096
 CHUNK = 4096
@@ -93,7 +99,7 @@ async def run_step(mm: Mm, proc: Process) -> None:
         g = proc.chunk_pages[pos : pos + win]
         w = proc.chunk_writes[pos : pos + win]
         st = state_np[g]
-        ok = ((st == PS_MAPPED) | ((st == PS_CRAM_RO) & ~w)) & ((flags_np[g] & F_PROTNONE) == 0)
+        ok = ((st == PS_MAPPED) | ((st == PS_CRAM_RO) & ~w)) & ((flags_np[g] & F_UNMAPPED) == 0)
         k = len(ok) if ok.all() else int(np.argmin(ok))
         proc.window = min(win * 2, CHUNK) if k == len(ok) else max(win // 4, 1)
         if k:
@@ -179,7 +185,7 @@ async def _run_scalar(mm: Mm, proc: Process, deadline: int) -> bool:
         write = wlist[pos]
         st = state[page]
         f = flags[page]
-        if (st == PS_MAPPED or (st == PS_CRAM_RO and not write)) and not f & F_PROTNONE:
+        if (st == PS_MAPPED or (st == PS_CRAM_RO and not write)) and not f & F_UNMAPPED:
             flags[page] = f | F_YOUNG
             if track and pages.hits[page] < 0xEFFF:
                 pages.hits[page] += 1
@@ -241,6 +247,8 @@ async def handle_mm_fault(mm: Mm, proc: Process, page: int, write: bool) -> int:
         if c < 0:
             return -1
         return c + _access(mm, page, write)
+    if pages.flags[page] & F_SWAPCACHE:
+        cost += swap_cache_hit(mm, proc, host, page)
     if pages.flags[page] & F_PROTNONE:
         cost += await do_numa_page(mm, proc, host, page)
         state = pages.state[page]
@@ -287,6 +295,8 @@ async def do_anonymous_page(mm: Mm, proc: Process, host: Host, page: int) -> int
 async def do_swap_page(mm: Mm, proc: Process, host: Host, page: int) -> int:
     """Major fault: bring the page back from zswap or swap into local memory."""
     memcg = mm.memcgs[proc.memcg]
+    vpn = page - proc.base
+    ra_lo, ra_hi = swap_vma_ra_win(mm, proc, vpn)
     nid, cost = await _charge_and_alloc(mm, proc, host)
     if nid < 0:
         return -1
@@ -304,6 +314,8 @@ async def do_swap_page(mm: Mm, proc: Process, host: Host, page: int) -> int:
     pages.handle[page] = 0
     pages.flags[page] = 0
     mm.lru.add_head(mm.lru_lists(nid, proc.memcg)[0], page)
+    if ra_hi - ra_lo > 1:
+        cost += await swap_vma_readahead(mm, proc, host, ra_lo, ra_hi, vpn)
     cost += await handle_over_high(mm, memcg)
     return cost
 

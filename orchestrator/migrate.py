@@ -114,10 +114,12 @@ async def move_pages(
         pages_in, rest = await cram_admit(mm, host, pages_in, dst)
         if not pages_in:
             return [], rest, 0
-    # Reserve frames first: a demotion allocates only on the target, without reclaim.
+    # Reserve frames first. alloc_demote_folio() allocates on the target only
+    # (__GFP_THISNODE), without direct reclaim but waking the target's kswapd
+    # (GFP_NOWAIT) once it is below its low watermark, down to its min.
     batch: list[int] = []
     for page in pages_in:
-        if alloc_on_node(mm, dst, node.wmark.min):
+        if alloc_on_node(mm, dst, node.wmark.min, wake_kswapd=True):
             batch.append(page)
         else:
             rest.append(page)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._pages import F_PROTNONE, PS_CRAM_RO, PS_MAPPED
+from ._pages import F_PROTNONE, F_SWAPCACHE, PS_CRAM_RO, PS_MAPPED
 
 if TYPE_CHECKING:
     from ._mm import Host, Mm, Process
@@ -86,7 +86,9 @@ def start_scanner(mm: Mm, proc: Process) -> None:
         for nid in host.nodes:
             if not host.tiers.is_toptier(nid):
                 slow |= node == nid
-        mask = ((state == PS_MAPPED) | (state == PS_CRAM_RO)) & slow
+        # Only mapped PTEs are scanned: not pages sitting in the swap cache.
+        mapped = (pages.flags_np[lo:hi] & F_SWAPCACHE) == 0
+        mask = ((state == PS_MAPPED) | (state == PS_CRAM_RO)) & slow & mapped
         idx = np.nonzero(mask)[0] + lo
         if idx.size:
             pages.flags_np[idx] |= F_PROTNONE

@@ -69,6 +69,12 @@ def zone_watermark_ok(mm: Mm, nid: int, mark: int, nr: int = 1) -> bool:
     return not node.lost and node.free_pages - nr >= mark
 
 
+def _take(mm: Mm, host: Host, nid: int) -> int:
+    take_frame(mm, nid)
+    host.vmstat.inc("numa_hit" if nid == host.zonelist[0] else "numa_miss")
+    return nid
+
+
 async def alloc_page(mm: Mm, host: Host, direct_reclaim: bool = True) -> tuple[int, int]:
     """Allocate one frame for a fault on `host`: (node id or -1, time spent in ns).
 
@@ -80,16 +86,14 @@ async def alloc_page(mm: Mm, host: Host, direct_reclaim: bool = True) -> tuple[i
     """
     for nid in host.zonelist:
         if zone_watermark_ok(mm, nid, mm.nodes[nid].wmark.low):
-            take_frame(mm, nid)
-            return nid, 0
+            return _take(mm, host, nid), 0
     from .vmscan import try_to_free_pages, wakeup_kswapd
 
     for nid in host.zonelist:
         wakeup_kswapd(mm, nid)
     for nid in host.zonelist:
         if zone_watermark_ok(mm, nid, mm.nodes[nid].wmark.min):
-            take_frame(mm, nid)
-            return nid, 0
+            return _take(mm, host, nid), 0
     if not direct_reclaim:
         return -1, 0
     spent = 0
@@ -99,16 +103,23 @@ async def alloc_page(mm: Mm, host: Host, direct_reclaim: bool = True) -> tuple[i
         spent += cost
         for nid in host.zonelist:
             if zone_watermark_ok(mm, nid, mm.nodes[nid].wmark.min):
-                take_frame(mm, nid)
-                return nid, spent
+                return _take(mm, host, nid), spent
         if progress == 0:
             break
     # Out of memory: the kernel would now kill a task; the caller decides.
     return -1, spent
 
 
-def alloc_on_node(mm: Mm, nid: int, mark: int) -> bool:
-    """__GFP_THISNODE allocation without reclaim (demotion and promotion targets)."""
+def alloc_on_node(mm: Mm, nid: int, mark: int, *, wake_kswapd: bool = False) -> bool:
+    """__GFP_THISNODE allocation without direct reclaim (demotion and promotion targets).
+
+    With `wake_kswapd` (__GFP_KSWAPD_RECLAIM) an allocation that finds the node
+    below its low watermark wakes the node's kswapd, as the slow path does.
+    """
+    if wake_kswapd and not zone_watermark_ok(mm, nid, mm.nodes[nid].wmark.low):
+        from .vmscan import wakeup_kswapd
+
+        wakeup_kswapd(mm, nid)
     if zone_watermark_ok(mm, nid, mark):
         take_frame(mm, nid)
         return True

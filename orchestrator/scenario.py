@@ -182,7 +182,7 @@ SCHEMA: dict[str, Any] = {
         }
     ),
     "tunables": {
-        **_leaves("demotion_enabled", "swappiness", "watermark_scale_factor"),
+        **_leaves("demotion_enabled", "swappiness", "watermark_scale_factor", "page_cluster"),
         "zswap": _leaves(*(f.name for f in fields(ZswapTunables))),
         "cram": _leaves(*(f.name for f in fields(CramTunables))),
         "numa": _leaves(*(f.name for f in fields(NumaTunables))),
@@ -1246,6 +1246,8 @@ class _RunBuilder:
             watermark_scale_factor=self.integer(
                 t, at, "watermark_scale_factor", base.watermark_scale_factor, 1, 3000
             ),
+            # vm.page-cluster accepts 0..31; readahead caps the window at 2**5.
+            page_cluster=self.integer(t, at, "page_cluster", base.page_cluster, 0, 31),
             zswap=zswap,
             cram=cram,
             numa=numa,

@@ -10,6 +10,9 @@ VMSTAT_EVENTS = (
     "pgfault",
     "pgmajfault",
     "pgalloc",
+    # zone_statistics(): a page allocated on the preferred node, or elsewhere.
+    "numa_hit",
+    "numa_miss",
     "pgfree",
     "pgactivate",
     "pgdeactivate",
@@ -34,6 +37,8 @@ VMSTAT_EVENTS = (
     "zswpwb",
     "swpout_zero",
     "swpin_zero",
+    "swap_ra",
+    "swap_ra_hit",
     "allocstall",
     "kswapd_wake",
     "oom_kill",

@@ -344,3 +344,55 @@ def test_cram_guard_policy_keeps_device_below_low_watermark(simulate: Any) -> No
     assert guarded["failures"]["device_write_failures"] == 0
     assert guarded["nodes"]["cram0"]["pressure"] < 1000
     assert vm(guarded, "cram_demote") > 0
+
+
+# -- swap readahead (mm/swap_state.c) -------------------------------------------
+
+
+def test_swapin_window_grows_on_sequential_faults_and_hits() -> None:
+    from tiersim.orchestrator.swap_state import swapin_nr_pages
+
+    # No hits to judge by: one page, unless the fault is next to the last one.
+    assert swapin_nr_pages(prev=100, pfn=500, hits=0, max_pages=8, prev_win=0) == 1
+    assert swapin_nr_pages(prev=100, pfn=101, hits=0, max_pages=8, prev_win=1) == 2
+    assert swapin_nr_pages(prev=100, pfn=99, hits=0, max_pages=8, prev_win=1) == 2
+    # hits + 2, rounded up to a power of two from 4, capped at 2**page-cluster.
+    assert swapin_nr_pages(prev=0, pfn=9, hits=1, max_pages=8, prev_win=2) == 4
+    assert swapin_nr_pages(prev=0, pfn=9, hits=3, max_pages=8, prev_win=4) == 8
+    assert swapin_nr_pages(prev=0, pfn=9, hits=40, max_pages=8, prev_win=8) == 8
+    # ...and never shrinks below half the previous window.
+    assert swapin_nr_pages(prev=0, pfn=500, hits=0, max_pages=8, prev_win=8) == 4
+
+
+def _scan_under_limit(simulate: Any, page_cluster: int, kind: str) -> dict[str, Any]:
+    return simulate(
+        **{
+            "tunables.zswap.enabled": True,
+            "tunables.page_cluster": page_cluster,
+            "cgroups.app.memory_max": "6MiB",
+            "workloads.w.pattern.kind": kind,
+            "workloads.w.pattern.write_ratio": 0.0,
+        }
+    )
+
+
+def test_sequential_swapin_reads_ahead_a_window_per_major_fault(simulate: Any) -> None:
+    doc = _scan_under_limit(simulate, 3, "scan")
+    loaded = vm(doc, "zswpin") + vm(doc, "pswpin") + vm(doc, "swpin_zero")
+    assert vm(doc, "swap_ra") > 0 and vm(doc, "swap_ra_hit") > 0
+    # Every page brought back was either the faulting one or read ahead.
+    assert loaded == vm(doc, "pgmajfault") + vm(doc, "swap_ra")
+    # A sequential scan reaches the full 8-page window: about one major fault in eight.
+    assert vm(doc, "pgmajfault") * 6 < loaded
+    assert vm(doc, "swap_ra_hit") <= vm(doc, "swap_ra")
+
+    off = _scan_under_limit(simulate, 0, "scan")
+    assert vm(off, "swap_ra") == vm(off, "swap_ra_hit") == 0
+    assert vm(off, "pgmajfault") == vm(off, "zswpin") + vm(off, "pswpin") + vm(off, "swpin_zero")
+
+
+def test_random_swapin_keeps_the_window_shut(simulate: Any) -> None:
+    doc = _scan_under_limit(simulate, 3, "uniform")
+    assert vm(doc, "pgmajfault") > 100
+    # Faults are rarely adjacent and readahead rarely hits: the window stays at one page.
+    assert vm(doc, "swap_ra") * 10 < vm(doc, "pgmajfault")
