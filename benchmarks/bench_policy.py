@@ -27,8 +27,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from typing import Any
@@ -49,6 +51,64 @@ async def serve_agent(address: str) -> None:
 
     async with PolicyAgentClient(address, decisions=ALL_KINDS, name="bench") as agent:
         await agent.serve(echo)
+
+
+ECHO_METHOD = "/tiersim.bench.Echo/Chat"
+
+
+async def serve_echo(address_file: str) -> None:
+    """The transport baseline's far end: a bidi stream that echoes raw bytes."""
+    import grpc
+    import grpc.aio
+
+    async def chat(requests: Any, context: Any) -> Any:
+        async for raw in requests:
+            yield raw
+
+    handler = grpc.method_handlers_generic_handler(
+        "tiersim.bench.Echo", {"Chat": grpc.stream_stream_rpc_method_handler(chat)}
+    )
+    server = grpc.aio.server(handlers=[handler])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    with open(address_file + ".tmp", "w") as f:
+        f.write(f"127.0.0.1:{port}")
+    os.replace(address_file + ".tmp", address_file)
+    await server.wait_for_termination()
+
+
+async def bare_round_trip_us(n: int = 2000) -> float:
+    """Mean round trip of one 200-byte message on a bare gRPC bidi stream to a
+    Python process over loopback: the floor under any per-decision round trip."""
+    import grpc.aio
+
+    with tempfile.TemporaryDirectory() as tmp:
+        addr_file = os.path.join(tmp, "echo.addr")
+        proc = subprocess.Popen([sys.executable, __file__, "--serve-echo", addr_file])
+        try:
+            deadline = time.monotonic() + 30
+            while not os.path.exists(addr_file):
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise SystemExit("the echo server did not start")
+                await asyncio.sleep(0.05)
+            with open(addr_file) as f:
+                address = f.read()
+            async with grpc.aio.insecure_channel(address) as channel:
+                call: Any = channel.stream_stream(ECHO_METHOD)()
+                message = b"x" * 200
+                for _ in range(200):  # warm up
+                    await call.write(message)
+                    await call.read()
+                start = time.perf_counter()
+                for _ in range(n):
+                    await call.write(message)
+                    await call.read()
+                elapsed = time.perf_counter() - start
+                await call.done_writing()
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    return elapsed / n * 1e6
 
 
 async def bench(args: argparse.Namespace) -> int:
@@ -112,6 +172,7 @@ async def bench(args: argparse.Namespace) -> int:
         except subprocess.TimeoutExpired:
             agent.kill()
 
+    bare_us = await bare_round_trip_us()
     length = "2 s of simulated time (quick)" if args.quick else "full length"
     print(
         f"promotion scenario, {length}; best of {args.repeat}; echo agent in another process "
@@ -139,6 +200,16 @@ async def bench(args: argparse.Namespace) -> int:
         "requests: round trips to the agent; decisions: per-page verdicts it returned; dec/s: "
         "decisions per second of the agent run; same: results identical to the built-in's"
     )
+    print(
+        f"bare gRPC round trip to a Python process over loopback (same run): {bare_us:.0f} us; "
+        "floor: the built-in run plus one bare round trip per request"
+    )
+    for r in rows:
+        floor = (r["builtin_s"] + r["requests"] * bare_us / 1e6) / r["builtin_s"]
+        print(
+            f"  promote_batch {r['batch']:>3} {r['variant']:<21} agent rtt / bare = "
+            f"{r['rtt_us'] / bare_us:.2f}; ratio floor {floor:.2f}x"
+        )
     for batch, ratio in worst.items():
         mode = "per fault" if batch == 1 else f"batches of {batch}"
         print(f"promotion {mode}: worst ratio {ratio:.2f}x (target <= 3x)")
@@ -163,9 +234,13 @@ def main() -> int:
         "(default: 1, per fault, then 64)",
     )
     parser.add_argument("--serve-agent", metavar="ADDRESS", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-echo", metavar="ADDRESS_FILE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_agent:
         asyncio.run(serve_agent(args.serve_agent))
+        return 0
+    if args.serve_echo:
+        asyncio.run(serve_echo(args.serve_echo))
         return 0
     args.promote_batch = args.promote_batch or [1, 64]
     return asyncio.run(bench(args))
