@@ -230,6 +230,7 @@ _TAG_DATA_PAGE = b"\x12\x80\x20"  # PageWrite.data = 2, length 4096
 _TAG_CHECK = b"\x10\x01"  # StoreBatch.check = 2, true
 _TAG_ISSUE = b"\x18"  # StoreBatch.issue_time_ns = 3
 _TAG_BATCH_ID = b"\x20"  # StoreBatch.batch_id = 4
+_TAG_REQUEST_ID = b"\x28"  # StoreBatch.request_id = 5
 
 
 def varint(n: int) -> bytes:
@@ -253,7 +254,12 @@ _LEN_WITH_HANDLE = [b""] + [varint(1 + k + 3 + 4096) for k in range(1, 11)]
 
 
 def encode_store_batch(
-    pages: Sequence[tuple[int, bytes]], *, check: bool, issue_time_ns: int, batch_id: int
+    pages: Sequence[tuple[int, bytes]],
+    *,
+    check: bool,
+    issue_time_ns: int,
+    batch_id: int,
+    request_id: int = 0,
 ) -> bytes:
     """Serialise a StoreBatch. Pages of any length are encoded faithfully (the
     node, not the client, judges them). Handles must be 0..2**64-1."""
@@ -280,6 +286,8 @@ def encode_store_batch(
         append(_TAG_ISSUE + varint(issue_time_ns))
     if batch_id:
         append(_TAG_BATCH_ID + varint(batch_id))
+    if request_id:
+        append(_TAG_REQUEST_ID + varint(request_id))
     return b"".join(parts)
 
 
@@ -304,6 +312,7 @@ class StoreWrites:
     check: bool
     issue_time_ns: int
     batch_id: int
+    request_id: int = 0
 
 
 def _varint_at(raw: bytes, pos: int) -> tuple[int, int]:
@@ -344,7 +353,7 @@ def _walk_store_batch(raw: bytes) -> StoreWrites | None:
     pages: list[tuple[int, memoryview | bytes]] = []
     append = pages.append
     check = False
-    issue = batch_id = 0
+    issue = batch_id = request_id = 0
     while pos < n:
         # Whole pages, as GrpcNodeClient sends them: a fixed header, then the page.
         if raw.startswith(_HEAD_NEW_PAGE, pos):
@@ -405,7 +414,7 @@ def _walk_store_batch(raw: bytes) -> StoreWrites | None:
             if pos != end:
                 return None
             append((handle, data))
-        elif tag == 0x10 or tag == 0x18 or tag == 0x20:
+        elif tag == 0x10 or tag == 0x18 or tag == 0x20 or tag == 0x28:
             value, pos = _varint_at(raw, pos)
             if value < 0:
                 return None
@@ -413,11 +422,13 @@ def _walk_store_batch(raw: bytes) -> StoreWrites | None:
                 check = value != 0
             elif tag == 0x18:
                 issue = value
-            else:
+            elif tag == 0x20:
                 batch_id = value
+            else:
+                request_id = value
         else:
             return None
-    return StoreWrites(pages, check, issue, batch_id)
+    return StoreWrites(pages, check, issue, batch_id, request_id)
 
 
 def decode_store_batch(raw: bytes) -> StoreWrites:
@@ -426,4 +437,6 @@ def decode_store_batch(raw: bytes) -> StoreWrites:
     if fast is not None:
         return fast
     m = pb.StoreBatch.FromString(raw)
-    return StoreWrites([(p.handle, p.data) for p in m.pages], m.check, m.issue_time_ns, m.batch_id)
+    return StoreWrites(
+        [(p.handle, p.data) for p in m.pages], m.check, m.issue_time_ns, m.batch_id, m.request_id
+    )

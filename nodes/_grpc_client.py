@@ -6,11 +6,12 @@ kept in flight (pipelined) and replies are matched to requests by batch_id,
 so one caller with a large request, or many concurrent callers, keep the
 stream full. Everything else is a unary call.
 
-A node rejects a malformed batch by aborting its stream, naming the batch in
-the trailing metadata; batches sent after it were not applied. The client
-fails the rejected batch, drops the later batches of the same request (as
-the in-process client never sends them) and resends the others on a fresh
-stream, so concurrent callers do not suffer for one bad request.
+A node answers a malformed batch in its reply (`code`, `message`) and keeps
+the stream: concurrent callers do not suffer for one bad request. Every batch
+carries its request's id, so the node applies no later batch of a request
+one of whose batches it rejected (they answer ABORTED), as the in-process
+client stops at the first error; the client fails the request with the
+rejected batch's status.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ from ._convert import (
     stats_from_pb,
 )
 from ._local import chunks, merge_batches, merge_ops
-from ._server import REJECTED_BATCH_KEY
 from ._types import AllocateResult, BatchResult, NodeInfo, NodeStats, OpResult, PressureEvent
 
 # Large enough for the biggest batch any node accepts (4096 pages of 4 KiB).
@@ -66,21 +66,19 @@ def node_error(err: grpc.aio.AioRpcError) -> NodeError:
     return NodeError(code, err.details() or code.name)
 
 
-def _rejected_batch(err: grpc.aio.AioRpcError) -> int | None:
-    for key, value in err.trailing_metadata() or ():
-        if key == REJECTED_BATCH_KEY:
-            try:
-                return int(value)
-            except (TypeError, ValueError):
-                return None
-    return None
+_STATUS = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def batch_error(code: int, message: str) -> NodeError:
+    """The NodeError of a batch the node rejected in its reply."""
+    status = _STATUS.get(code, grpc.StatusCode.UNKNOWN)
+    return NodeError(status, message or status.name)
 
 
 class _Pending:
-    __slots__ = ("future", "group", "message")
+    __slots__ = ("future", "group")
 
-    def __init__(self, message: bytes, group: int, future: asyncio.Future[Any]) -> None:
-        self.message = message
+    def __init__(self, group: int, future: asyncio.Future[Any]) -> None:
         self.group = group
         self.future = future
 
@@ -123,9 +121,9 @@ class _BatchStream(Generic[R]):
             if group in self._failed_groups:
                 future.cancel()
                 return future
-            self._pending[batch_id] = _Pending(message, group, future)
+            self._pending[batch_id] = _Pending(group, future)
             call = self._call or self._open()
-            # If the stream already failed, its reader resends or fails this batch.
+            # If the stream already failed, its reader fails this batch.
             with contextlib.suppress(
                 grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError
             ):
@@ -144,7 +142,14 @@ class _BatchStream(Generic[R]):
                 await self._broken(call, None)
                 return
             entry = pending.pop(reply.batch_id, None)
-            if entry is not None and not entry.future.done():
+            if entry is None or entry.future.done():
+                continue
+            if reply.code:
+                # Later batches of the request are not sent (or, if in flight, the
+                # node answers them ABORTED).
+                self._failed_groups.add(entry.group)
+                entry.future.set_exception(batch_error(reply.code, reply.message))
+            else:
                 entry.future.set_result(reply)
 
     async def _broken(
@@ -155,24 +160,6 @@ class _BatchStream(Generic[R]):
                 return  # a stream given up (abort, close): its batches were settled then
             self._call = None
             pending = self._pending
-            rejected = _rejected_batch(err) if err is not None else None
-            if err is not None and rejected is not None and next(iter(pending), None) == rejected:
-                bad = pending.pop(rejected)
-                self._failed_groups.add(bad.group)
-                if not bad.future.done():
-                    bad.future.set_exception(node_error(err))
-                # Later batches of the same request are dropped, as the in-process client
-                # stops at the first error; other requests' batches go again.
-                for batch_id in [b for b, p in pending.items() if p.group == bad.group]:
-                    pending.pop(batch_id).future.cancel()
-                if pending and not self._closed:
-                    new = self._open()
-                    for entry in list(pending.values()):
-                        try:
-                            await new.write(entry.message)
-                        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                            break  # the new stream failed too; its reader handles it
-                return
             exc = (
                 node_error(err)
                 if err is not None
@@ -403,7 +390,7 @@ class GrpcNodeClient:
                 bid = next(self._ids)
                 try:
                     message = encode_store_batch(
-                        part, check=check, issue_time_ns=now_ns, batch_id=bid
+                        part, check=check, issue_time_ns=now_ns, batch_id=bid, request_id=group
                     )
                 except (TypeError, ValueError) as exc:
                     for f in futures:
@@ -431,7 +418,11 @@ class GrpcNodeClient:
                 bid = next(self._ids)
                 try:
                     message = pb.LoadBatch(
-                        handles=part, free_after=free_after, issue_time_ns=now_ns, batch_id=bid
+                        handles=part,
+                        free_after=free_after,
+                        issue_time_ns=now_ns,
+                        batch_id=bid,
+                        request_id=group,
                     ).SerializeToString()
                 except (TypeError, ValueError) as exc:
                     for f in futures:

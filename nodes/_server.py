@@ -57,9 +57,10 @@ from ._factory import make_device
 from ._types import DATA_LOSS, PAGE_SIZE, NodeStats
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MemoryNode"].full_name
-# Trailing metadata of a stream aborted by a rejected batch: which batch it was.
-# Batches after it on the same stream were not applied; the client may resend them.
-REJECTED_BATCH_KEY = "tiersim-rejected-batch"
+# Request ids with a rejected batch remembered per stream: enough for every
+# request a client can have in flight, bounded against a client that never ends.
+FAILED_REQUESTS_KEPT = 1024
+_ABORTED = grpc.StatusCode.ABORTED.value[0]
 # Real-time mode sleeps once the modelled time owed reaches this much, so that
 # sub-microsecond costs add up instead of vanishing in timer granularity.
 PACE_QUANTUM_NS = 1_000_000
@@ -127,18 +128,49 @@ class NodeServicer(pb_grpc.MemoryNodeServicer):
 
     # ------------------------------------------------------------ helpers
 
-    async def _abort(
-        self,
-        context: grpc.aio.ServicerContext[Any, Any],
-        exc: NodeError,
-        batch_id: int | None = None,
-    ) -> None:
+    async def _abort(self, context: grpc.aio.ServicerContext[Any, Any], exc: NodeError) -> None:
+        await self._rejected(exc)
+        await context.abort(exc.code, exc.message)
+
+    async def _rejected(self, exc: NodeError) -> None:
         self._log.debug("request rejected", code=exc.code.name, reason=exc.message)
         await self._check_health()
-        metadata: tuple[tuple[str, str], ...] = ()
-        if batch_id is not None:
-            metadata = ((REJECTED_BATCH_KEY, str(batch_id)),)
-        await context.abort(exc.code, exc.message, trailing_metadata=metadata)
+
+    async def _reject_batch(
+        self,
+        exc: NodeError,
+        request_id: int,
+        failed: dict[int, None],
+        out: pb.StoreBatchResult | pb.LoadBatchResult,
+    ) -> None:
+        """Answer a rejected batch in its reply; the stream goes on.
+
+        Ending the call instead would race the client's pipelined writes: a
+        write that fails after the status arrives makes grpc.aio report
+        INTERNAL in place of the node's status (grpc/grpc#36066).
+        """
+        await self._rejected(exc)
+        if request_id:
+            failed[request_id] = None
+            if len(failed) > FAILED_REQUESTS_KEPT:
+                del failed[next(iter(failed))]
+        out.code = exc.code.value[0]
+        out.message = exc.message
+        out.state.CopyFrom(state_to_pb(self.device.state()))
+
+    def _skip_batch(
+        self,
+        request_id: int,
+        failed: dict[int, None],
+        out: pb.StoreBatchResult | pb.LoadBatchResult,
+    ) -> bool:
+        """A later batch of a request one of whose batches was rejected: not applied."""
+        if not request_id or request_id not in failed:
+            return False
+        out.code = _ABORTED
+        out.message = f"not applied: an earlier batch of request {request_id} was rejected"
+        out.state.CopyFrom(state_to_pb(self.device.state()))
+        return True
 
     async def _check_health(self) -> None:
         mc = self.device.machine_check
@@ -249,15 +281,20 @@ class NodeServicer(pb_grpc.MemoryNodeServicer):
     ) -> AsyncIterator[pb.StoreBatchResult]:
         """StoreBatch messages arrive decoded by `decode_store_batch`."""
         device = self.device
+        failed: dict[int, None] = {}
         async for batch, encoded in self._store_batches(request_iterator):
+            out = pb.StoreBatchResult(batch_id=batch.batch_id)
+            if self._skip_batch(batch.request_id, failed, out):
+                yield out
+                continue
             try:
                 r = device.store(
                     batch.pages, check=batch.check, now_ns=batch.issue_time_ns, encoded=encoded
                 )
             except NodeError as exc:
-                await self._abort(context, exc, batch.batch_id)
-                raise
-            out = pb.StoreBatchResult(batch_id=batch.batch_id)
+                await self._reject_batch(exc, batch.request_id, failed, out)
+                yield out
+                continue
             results_to_pb(r, out)
             await self._after(r.cost_ns, r.codes)
             yield out
@@ -309,6 +346,7 @@ class NodeServicer(pb_grpc.MemoryNodeServicer):
                 yield batch, encoded
         finally:
             reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
 
     async def LoadStream(
         self,
@@ -316,15 +354,20 @@ class NodeServicer(pb_grpc.MemoryNodeServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[pb.LoadBatchResult]:
         device = self.device
+        failed: dict[int, None] = {}
         async for batch in request_iterator:
+            out = pb.LoadBatchResult(batch_id=batch.batch_id)
+            if self._skip_batch(batch.request_id, failed, out):
+                yield out
+                continue
             try:
                 r = device.load(
                     batch.handles, free_after=batch.free_after, now_ns=batch.issue_time_ns
                 )
             except NodeError as exc:
-                await self._abort(context, exc, batch.batch_id)
-                raise
-            out = pb.LoadBatchResult(batch_id=batch.batch_id)
+                await self._reject_batch(exc, batch.request_id, failed, out)
+                yield out
+                continue
             results_to_pb(r, out)
             await self._after(r.cost_ns)
             yield out

@@ -33,6 +33,8 @@ from tiersim.v1 import node_pb2 as pb
 from tiersim.v1 import node_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.asyncio
+NOT_FOUND_CODE = grpc.StatusCode.NOT_FOUND.value[0]
+ABORTED_CODE = grpc.StatusCode.ABORTED.value[0]
 
 FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION.value[0]
 
@@ -295,6 +297,33 @@ async def test_local_and_grpc_clients_give_identical_results() -> None:
     assert local[-1].busy_ns > 0
     assert len(local_events) > 3
     assert {7000, 7500, 8000} <= {e.time_ns for e in local_events}
+
+
+async def test_a_rejected_batch_is_answered_in_band_and_stops_its_request(pages: Pages) -> None:
+    """Batch 2 of request 1 is rejected: request 1's batch 3 is not applied, request 2's is."""
+    content = pages.mixed(3)
+    async with (
+        running_server(kind="cram", advertised="8MiB", physical="2MiB") as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
+        stub = pb_grpc.MemoryNodeStub(channel)
+
+        def batch(bid: int, rid: int, handle: int = 0) -> pb.StoreBatch:
+            page = pb.PageWrite(handle=handle, data=content[bid % 3])
+            return pb.StoreBatch(batch_id=bid, request_id=rid, pages=[page])
+
+        sent = [batch(1, 1), batch(2, 1, handle=10**6), batch(3, 1), batch(4, 2)]
+        replies = await _stream(stub.StoreStream(), sent)
+        assert [(r.batch_id, r.code) for r in replies] == [
+            (1, 0),
+            (2, NOT_FOUND_CODE),
+            (3, ABORTED_CODE),
+            (4, 0),
+        ]
+        assert "1000000" in replies[1].message and "request 1" in replies[2].message
+        assert not replies[1].results and not replies[2].results
+        stats = await stub.Stats(pb.StatsRequest())
+        assert stats.allocated_pages == 2 and stats.rejected_requests == 1
 
 
 async def test_a_rejected_batch_does_not_hurt_concurrent_callers(pages: Pages) -> None:

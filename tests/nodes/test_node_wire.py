@@ -25,16 +25,20 @@ page_data = st.one_of(
     check=st.booleans(),
     issue=uint64,
     batch_id=uint64,
+    request_id=uint64,
 )
 def test_encoding_parses_as_the_same_message(
-    pages: list[tuple[int, bytes]], check: bool, issue: int, batch_id: int
+    pages: list[tuple[int, bytes]], check: bool, issue: int, batch_id: int, request_id: int
 ) -> None:
-    raw = encode_store_batch(pages, check=check, issue_time_ns=issue, batch_id=batch_id)
+    raw = encode_store_batch(
+        pages, check=check, issue_time_ns=issue, batch_id=batch_id, request_id=request_id
+    )
     expected = pb.StoreBatch(
         pages=[pb.PageWrite(handle=h, data=d) for h, d in pages],
         check=check,
         issue_time_ns=issue,
         batch_id=batch_id,
+        request_id=request_id,
     )
     assert pb.StoreBatch.FromString(raw) == expected
     if all(len(d) == 4096 for _, d in pages):
@@ -49,6 +53,7 @@ def _as_message(raw: bytes) -> pb.StoreBatch:
         check=w.check,
         issue_time_ns=w.issue_time_ns,
         batch_id=w.batch_id,
+        request_id=w.request_id,
     )
 
 
@@ -58,11 +63,14 @@ def _as_message(raw: bytes) -> pb.StoreBatch:
     check=st.booleans(),
     issue=uint64,
     batch_id=uint64,
+    request_id=uint64,
 )
 def test_the_decoder_reads_what_protobuf_reads(
-    pages: list[tuple[int, bytes]], check: bool, issue: int, batch_id: int
+    pages: list[tuple[int, bytes]], check: bool, issue: int, batch_id: int, request_id: int
 ) -> None:
-    raw = encode_store_batch(pages, check=check, issue_time_ns=issue, batch_id=batch_id)
+    raw = encode_store_batch(
+        pages, check=check, issue_time_ns=issue, batch_id=batch_id, request_id=request_id
+    )
     assert _as_message(raw) == pb.StoreBatch.FromString(raw)
     # The client's own encoding never needs the fallback.
     assert _decode_store_fast(raw) is not None
@@ -76,6 +84,7 @@ def test_the_decoder_reads_what_protobuf_reads(
         check=st.booleans(),
         issue_time_ns=uint64,
         batch_id=uint64,
+        request_id=uint64,
     ),
     cut=st.integers(0, 10_000),
     noise=st.binary(max_size=24),

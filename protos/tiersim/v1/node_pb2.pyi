@@ -522,8 +522,10 @@ Global___LoadRequest: _TypeAlias = LoadRequest  # noqa: Y015
 @_typing.final
 class StoreBatch(_message.Message):
     """A batch of writes on the StoreStream. Batches are validated whole: a
-    malformed batch aborts the stream with INVALID_ARGUMENT or NOT_FOUND and
-    none of its pages is applied; earlier batches stay applied.
+    malformed batch (a page not 4096 bytes, an unknown handle, too many pages)
+    is rejected in its reply -- `code` set, none of its pages applied -- and
+    the stream goes on; earlier batches stay applied. Only a message that is
+    not a StoreBatch at all ends the stream (INVALID_ARGUMENT).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -532,10 +534,16 @@ class StoreBatch(_message.Message):
     CHECK_FIELD_NUMBER: _builtins.int
     ISSUE_TIME_NS_FIELD_NUMBER: _builtins.int
     BATCH_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     check: _builtins.bool
     issue_time_ns: _builtins.int
     batch_id: _builtins.int
     """Echoed in the reply, to match replies to requests."""
+    request_id: _builtins.int
+    """Batches with the same non-zero request_id are one request, split to fit
+    max_batch_pages: once one is rejected, the node applies none of the
+    later ones (they answer ABORTED), as a single call would have stopped.
+    """
     @_builtins.property
     def pages(self) -> _containers.RepeatedCompositeFieldContainer[Global___PageWrite]: ...
     def __init__(
@@ -545,10 +553,11 @@ class StoreBatch(_message.Message):
         check: _builtins.bool = ...,
         issue_time_ns: _builtins.int = ...,
         batch_id: _builtins.int = ...,
+        request_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "check", b"check", "issue_time_ns", b"issue_time_ns", "pages", b"pages"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "check", b"check", "issue_time_ns", b"issue_time_ns", "pages", b"pages", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -562,11 +571,23 @@ class StoreBatchResult(_message.Message):
     RESULTS_FIELD_NUMBER: _builtins.int
     COST_NS_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.int
     cost_ns: _builtins.int
     """Sum of the pages' costs: the device time the batch occupied."""
+    code: _builtins.int
+    """google.rpc.Code of the batch as a whole: 0 applied (per-page outcomes in
+    `results`); INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION (machine
+    check) when rejected; ABORTED when an earlier batch of the same request
+    was rejected.
+    """
+    message: _builtins.str
+    """Human-readable reason when code != 0."""
     @_builtins.property
-    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___PageResult]: ...
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___PageResult]:
+        """One per page when the batch was applied (code 0); empty otherwise."""
+
     @_builtins.property
     def state(self) -> Global___NodeState: ...
     def __init__(
@@ -576,10 +597,12 @@ class StoreBatchResult(_message.Message):
         results: _abc.Iterable[Global___PageResult] | None = ...,
         cost_ns: _builtins.int = ...,
         state: Global___NodeState | None = ...,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "cost_ns", b"cost_ns", "results", b"results", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "code", b"code", "cost_ns", b"cost_ns", "message", b"message", "results", b"results", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -587,15 +610,20 @@ Global___StoreBatchResult: _TypeAlias = StoreBatchResult  # noqa: Y015
 
 @_typing.final
 class LoadBatch(_message.Message):
+    """A batch of reads on the LoadStream; validated and answered as StoreBatch."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     HANDLES_FIELD_NUMBER: _builtins.int
     FREE_AFTER_FIELD_NUMBER: _builtins.int
     ISSUE_TIME_NS_FIELD_NUMBER: _builtins.int
     BATCH_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     free_after: _builtins.bool
     issue_time_ns: _builtins.int
     batch_id: _builtins.int
+    request_id: _builtins.int
+    """As StoreBatch.request_id."""
     @_builtins.property
     def handles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
@@ -605,10 +633,11 @@ class LoadBatch(_message.Message):
         free_after: _builtins.bool = ...,
         issue_time_ns: _builtins.int = ...,
         batch_id: _builtins.int = ...,
+        request_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "free_after", b"free_after", "handles", b"handles", "issue_time_ns", b"issue_time_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "free_after", b"free_after", "handles", b"handles", "issue_time_ns", b"issue_time_ns", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -622,11 +651,18 @@ class LoadBatchResult(_message.Message):
     RESULTS_FIELD_NUMBER: _builtins.int
     COST_NS_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.int
     cost_ns: _builtins.int
     """Sum of the pages' costs: the device time the batch occupied."""
+    code: _builtins.int
+    """As StoreBatchResult.code and .message."""
+    message: _builtins.str
     @_builtins.property
-    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___PageResult]: ...
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___PageResult]:
+        """One per page when the batch was applied (code 0); empty otherwise."""
+
     @_builtins.property
     def state(self) -> Global___NodeState: ...
     def __init__(
@@ -636,10 +672,12 @@ class LoadBatchResult(_message.Message):
         results: _abc.Iterable[Global___PageResult] | None = ...,
         cost_ns: _builtins.int = ...,
         state: Global___NodeState | None = ...,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "cost_ns", b"cost_ns", "results", b"results", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "code", b"code", "cost_ns", b"cost_ns", "message", b"message", "results", b"results", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
