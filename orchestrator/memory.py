@@ -313,9 +313,11 @@ async def do_swap_page(mm: Mm, proc: Process, host: Host, page: int) -> int:
     pages.node[page] = nid
     pages.handle[page] = 0
     pages.flags[page] = 0
-    mm.lru.add_head(mm.lru_lists(nid, proc.memcg)[0], page)
     if ra_hi - ra_lo > 1:
+        # The faulting page joins the LRU only afterwards: reclaim run by the
+        # readahead allocations cannot take it (the kernel holds it locked).
         cost += await swap_vma_readahead(mm, proc, host, ra_lo, ra_hi, vpn)
+    mm.lru.add_head(mm.lru_lists(nid, proc.memcg)[0], page)
     cost += await handle_over_high(mm, memcg)
     return cost
 

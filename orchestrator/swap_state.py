@@ -88,7 +88,6 @@ async def swap_vma_readahead(mm: Mm, proc: Process, host: Host, lo: int, hi: int
         page = proc.base + v
         if v == vpn or pages.state[page] not in (PS_ZSWAP, PS_ZSWAP_DIRECT, PS_SWAP):
             continue
-        from_zswap = pages.state[page] != PS_SWAP
         # The readahead allocation may reclaim but never OOM-kills: it just stops.
         ok, c = await try_charge(mm, memcg)
         cost += c
@@ -99,6 +98,8 @@ async def swap_vma_readahead(mm: Mm, proc: Process, host: Host, lo: int, hi: int
         if nid < 0:
             uncharge(memcg, PAGE_SIZE)
             break
+        # Reclaim may have written the entry back from zswap meanwhile.
+        from_zswap = pages.state[page] != PS_SWAP
         got, c = await swap_in(mm, page, host)
         if from_zswap:
             cost += c

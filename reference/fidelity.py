@@ -36,8 +36,8 @@ _POOL_LIMIT = (
     "After the global limit is hit the kernel writes back 10.6-12.4k entries, keeps loading "
     "from zswap (zswpin 6.5-7.2k) and ends with a nearly empty pool. tiersim, with swap "
     "readahead as the kernel's (major faults and swap_ra within 4 %), stores 1.2x and writes "
-    "back 1.3x as much, its sequential re-read finds almost nothing in zswap (zswpin 225), "
-    "and its pool ends near the cap (7.1k entries): where shrink_worker stops, and which "
+    "back 1.3x as much, its sequential re-read finds little in zswap (zswpin 523), "
+    "and its pool ends near the cap (6.9k entries): where shrink_worker stops, and which "
     "stores it refuses meanwhile, differ from mm/zswap.c."
 )
 _FALLBACK = (
@@ -52,7 +52,7 @@ _DIRECT = (
     "(allocstall 121-203). With swap readahead as the kernel's (swap_ra and pgmajfault now "
     "within 1-20 % of it) the re-read outruns kswapd in tiersim too, but tiersim enters direct "
     "reclaim about twice as often (allocstall ~430), never demotes from it because node 1 is "
-    "below its min watermark each time, and kswapd demotes 30k pages (0.74x). Without "
+    "below its min watermark each time, and kswapd demotes 30k pages (0.75x). Without "
     "readahead kswapd demoted 41.7k, with 5.8x the kernel's major faults. How node 1's free "
     "memory evolves between its kswapd and fallback allocations (numa_miss) still differs."
 )
