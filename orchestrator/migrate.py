@@ -19,7 +19,8 @@ from tiersim.nodes._types import DATA_LOSS, OK, RESOURCE_EXHAUSTED, NodeKind
 
 from ._pages import F_ACTIVE, F_PROTNONE, PS_CRAM_RO, PS_MAPPED, PS_POISONED
 from .cram import cram_admit
-from .page_alloc import alloc_on_node, free_frame
+from .page_alloc import free_frame, take_frames
+from .vmscan import wakeup_kswapd
 
 if TYPE_CHECKING:
     from ._mm import Host, Mm
@@ -117,12 +118,26 @@ async def move_pages(
     # Reserve frames first. alloc_demote_folio() allocates on the target only
     # (__GFP_THISNODE), without direct reclaim but waking the target's kswapd
     # (GFP_NOWAIT) once it is below its low watermark, down to its min.
-    batch: list[int] = []
-    for page in pages_in:
-        if alloc_on_node(mm, dst, node.wmark.min, wake_kswapd=True):
-            batch.append(page)
+    # Done in bulk, with the same outcome as page by page: once an allocation
+    # fails every later one does, and kswapd is woken when the page that first
+    # finds the node below its low watermark would have woken it.
+    n = len(pages_in)
+    if node.lost:
+        taken = 0
+    else:
+        free0 = node.free_pages
+        taken = min(n, max(0, free0 - node.wmark.min))
+        first_low = max(0, free0 - node.wmark.low)  # the first page to see free - 1 < low
+        if first_low < n and first_low <= taken:
+            take_frames(mm, dst, first_low)
+            wakeup_kswapd(mm, dst)
+            take_frames(mm, dst, taken - first_low)
         else:
-            rest.append(page)
+            take_frames(mm, dst, taken)
+            if taken < n and free0 - taken - 1 < node.wmark.low:
+                wakeup_kswapd(mm, dst)
+    batch = pages_in[:taken]
+    rest.extend(pages_in[taken:])
     if not batch:
         return [], rest, 0
     writes = [(0, mm.page_bytes(page)) for page in batch]
@@ -130,42 +145,64 @@ async def move_pages(
         mm, dst, node.client.store(writes, check=check, now_ns=mm.sched.now_ns)
     )
     if result is None:
-        for _ in batch:
-            free_frame(mm, dst)
+        take_frames(mm, dst, -len(batch))
         return [], [*batch, *rest], 0
     mm.note_state(dst, result.state)
     moved: list[int] = []
     src_handles: list[int] = []
     cost = result.cost_ns + len(batch) * mm.costs.migrate_page_ns
-    for i, page in enumerate(batch):
-        code = result.codes[i]
+    lru, handle, node_of, zsize, flags, state = (
+        mm.lru,
+        pages.handle,
+        pages.node,
+        pages.zsize,
+        pages.flags,
+        pages.state,
+    )
+    dst_state = PS_CRAM_RO if cram else PS_MAPPED
+    clear = ~(F_ACTIVE | F_PROTNONE) & 0xFF
+    inactive: dict[int, int] = {}  # memcg -> its inactive list on dst
+    ok = poisoned = refused = unplaced = 0
+    for page, code, new_handle, stored in zip(
+        batch, result.codes, result.handles, result.stored_bytes, strict=True
+    ):
         if code in (OK, DATA_LOSS):
-            if pages.handle[page]:
-                src_handles.append(pages.handle[page])
-            mm.lru.del_page(page)
-            free_frame(mm, src)
-            memcg = pages.memcg[page]
-            pages.node[page] = dst
-            pages.handle[page] = result.handles[i]
-            pages.zsize[page] = min(result.stored_bytes[i], 0xFFFF)
-            pages.flags[page] &= ~(F_ACTIVE | F_PROTNONE) & 0xFF
+            if handle[page]:
+                src_handles.append(handle[page])
+            lru.del_page(page)
+            node_of[page] = dst
+            handle[page] = new_handle
+            zsize[page] = min(stored, 0xFFFF)
+            flags[page] &= clear
+            moved.append(page)
             if code == OK:
-                pages.state[page] = PS_CRAM_RO if cram else PS_MAPPED
-                mm.lru.add_head(mm.lru_lists(dst, memcg)[0], page)
-                moved.append(page)
-                host.vmstat.inc("pgmigrate_success")
-                if cram:
-                    host.vmstat.inc("cram_demote")
+                state[page] = dst_state
+                memcg = pages.memcg[page]
+                lst = inactive.get(memcg)
+                if lst is None:
+                    lst = inactive[memcg] = mm.lru_lists(dst, memcg)[0]
+                lru.add_head(lst, page)
+                ok += 1
             else:
                 # The device dropped the write: the data is gone (memory failure).
-                pages.state[page] = PS_POISONED
-                host.vmstat.inc("memory_failure")
-                moved.append(page)
+                state[page] = PS_POISONED
+                poisoned += 1
         else:
-            free_frame(mm, dst)
-            if code == RESOURCE_EXHAUSTED and cram:
-                host.vmstat.inc("cram_demote_refused")
+            unplaced += 1
+            refused += code == RESOURCE_EXHAUSTED and cram
             rest.append(page)
+    # The frames: the source's freed, the target's given back where the store failed.
+    take_frames(mm, src, -(ok + poisoned))
+    take_frames(mm, dst, -unplaced)
+    vmstat = host.vmstat
+    if ok:
+        vmstat.inc("pgmigrate_success", ok)
+        if cram:
+            vmstat.inc("cram_demote", ok)
+    if poisoned:
+        vmstat.inc("memory_failure", poisoned)
+    if refused:
+        vmstat.inc("cram_demote_refused", refused)
     if src_handles:
         # The source held a device copy (a page demoted before): release it.
         snode = mm.nodes[src]

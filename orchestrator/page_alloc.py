@@ -58,6 +58,13 @@ def take_frame(mm: Mm, nid: int) -> None:
     node.nr_pages += 1
 
 
+def take_frames(mm: Mm, nid: int, n: int) -> None:
+    """Take `n` frames of node `nid` at once (give them back when n < 0)."""
+    node = mm.nodes[nid]
+    node.free_pages -= n
+    node.nr_pages += n
+
+
 def free_frame(mm: Mm, nid: int) -> None:
     node = mm.nodes[nid]
     node.free_pages += 1
