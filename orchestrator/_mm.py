@@ -208,6 +208,9 @@ class Mm:
         # Count per-page accesses (for policies that ask for them).
         self.track_accesses = False
         self.pressure_changes: list[tuple[int, str, int]] = []
+        # Resident pages read from a swap device that keep their slot (the swap
+        # cache): page -> (swap node, slot handle, page version when read).
+        self.swapcache: dict[int, tuple[int, int, int]] = {}
 
     # -- page table set-up -------------------------------------------------
 

@@ -40,7 +40,7 @@ from .memcontrol import handle_over_high, try_charge, uncharge
 from .migrate import node_call, promote_page
 from .numa_balancing import migrate_balanced, should_promote, tiering_mode
 from .page_alloc import alloc_page, free_frame, take_frame
-from .swap import swap_in
+from .swap import free_slots, swap_in, swapcache_release
 from .swap_state import swap_cache_hit, swap_vma_ra_win, swap_vma_readahead
 from .vmscan import wakeup_kswapd
 
@@ -436,6 +436,9 @@ async def flush_promotions(mm: Mm, host: Host) -> None:
 async def forget_page(mm: Mm, page: int) -> None:
     """Drop whatever a poisoned or lost page still holds, leaving it untouched."""
     pages = mm.pages
+    released = swapcache_release(mm, page)
+    if released is not None:
+        await free_slots(mm, {released[0]: [released[1]]})
     nid = pages.node[page]
     state = pages.state[page]
     memcg = mm.memcgs[pages.memcg[page]]
@@ -478,6 +481,9 @@ async def exit_mmap(mm: Mm, proc: Process) -> None:
         if state == PS_UNTOUCHED:
             continue
         nid = pages.node[page]
+        released = swapcache_release(mm, page)
+        if released is not None:
+            by_node.setdefault(released[0], []).append(released[1])
         if state in (PS_MAPPED, PS_CRAM_RO, PS_POISONED):
             mm.lru.del_page(page)
             free_frame(mm, nid)

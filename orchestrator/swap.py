@@ -4,6 +4,14 @@ mm/vmscan.c pageout() -> swap_writepage(): zswap_store() first; a page it
 refuses goes to the swap device, unless the cgroup disabled zswap writeback
 (memory.zswap.writeback = 0), in which case it stays in memory. Swap-in
 (do_swap_page, mm/memory.c) tries zswap_load() and otherwise reads the slot.
+
+A page read from a swap device stays in the swap cache with its slot, as
+do_swap_page() leaves it unless swap is more than half full
+(should_try_to_free_swap(), vm_swap_full()): reclaimed again before it is
+written, it is dropped without I/O, since the slot still holds its bytes. A
+page written meanwhile is dirty: its stale slot is freed and it is swapped
+out as any other. zswap loads are exclusive, so a page from zswap is always
+dirty.
 """
 
 from __future__ import annotations
@@ -62,11 +70,30 @@ async def pageout(
     # Device copies on the source node, freed once their pages are safe elsewhere.
     orig_handle = {p: pages.handle[p] for p in pages_in if pages.handle[p]}
     src_handles: list[int] = []
+    stale: dict[int, list[int]] = {}  # swap node -> slots of pages written since read
+    swapcache = mm.swapcache
     for page, data in zip(pages_in, datas, strict=True):
         if not data:  # the device could not give it back (poisoned)
             kept.append(page)
             continue
         memcg = mm.memcgs[pages.memcg[page]]
+        cached = swapcache.get(page)
+        if cached is not None:
+            snid, handle, version = cached
+            if version == pages.version[page] and not mm.nodes[snid].lost:
+                # Clean, and its slot still holds it: dropped without I/O.
+                del swapcache[page]
+                if page in orig_handle:
+                    src_handles.append(orig_handle[page])
+                _leave_node(mm, page, nid)
+                pages.state[page] = PS_SWAP
+                pages.node[page] = snid
+                pages.handle[page] = handle
+                done.append(page)
+                continue
+            released = swapcache_release(mm, page)
+            if released is not None:
+                stale.setdefault(released[0], []).append(released[1])
         if data == ZERO_PAGE:
             # The swap layer keeps zero-filled pages in its zero bitmap: no
             # zswap entry, no device write (mm/swapfile.c, since 6.12).
@@ -108,9 +135,39 @@ async def pageout(
         if r is not None:
             mm.note_state(nid, r.state)
             cost += r.cost_ns
+    cost += await free_slots(mm, stale)
     if on_cram:
         host.vmstat.inc("cram_reclaim", len(done))
     return done, kept, cost
+
+
+def swapcache_release(mm: Mm, page: int) -> tuple[int, int] | None:
+    """Forget the slot a resident page kept in the swap cache.
+
+    Returns (swap node, slot handle) for the caller to free on the device
+    (see free_slots), or None when the page kept none.
+    """
+    entry = mm.swapcache.pop(page, None)
+    if entry is None:
+        return None
+    snid, handle, _ = entry
+    mm.memcgs[mm.pages.memcg[page]].swap_current -= PAGE_SIZE
+    mm.nodes[snid].nr_pages -= 1
+    return snid, handle
+
+
+async def free_slots(mm: Mm, by_node: dict[int, list[int]]) -> int:
+    """Free swap slots on their devices: ns."""
+    cost = 0
+    for snid, handles in sorted(by_node.items()):
+        snode = mm.nodes[snid]
+        if snode.lost or not handles:
+            continue
+        r = await node_call(mm, snid, snode.client.free(handles, now_ns=mm.sched.now_ns))
+        if r is not None:
+            mm.note_state(snid, r.state)
+            cost += r.cost_ns
+    return cost
 
 
 def _leave_node(mm: Mm, page: int, nid: int) -> None:
@@ -182,16 +239,26 @@ async def swap_in(mm: Mm, page: int, host: Host) -> tuple[bool, int]:
         host.vmstat.inc("swpin_zero")
         return True, 0
     snode = mm.nodes[snid]
+    # vm_swap_full(): more than half the device in use, the slot is freed on read.
+    keep = 2 * snode.nr_pages < snode.present_pages
+    handle = pages.handle[page]
     result = await node_call(
-        mm, snid, snode.client.load([pages.handle[page]], free_after=True, now_ns=mm.sched.now_ns)
+        mm, snid, snode.client.load([handle], free_after=not keep, now_ns=mm.sched.now_ns)
     )
     if result is None:
         return False, 0
     mm.note_state(snid, result.state)
-    snode.nr_pages -= 1
-    memcg.swap_current -= PAGE_SIZE
     if result.codes[0] != OK:
+        if keep:
+            await node_call(mm, snid, snode.client.free([handle], now_ns=mm.sched.now_ns))
+        snode.nr_pages -= 1
+        memcg.swap_current -= PAGE_SIZE
         return False, result.cost_ns
+    if keep:
+        mm.swapcache[page] = (snid, handle, pages.version[page])
+    else:
+        snode.nr_pages -= 1
+        memcg.swap_current -= PAGE_SIZE
     mm.verify(page, result.data[0])
     host.vmstat.inc("pswpin")
     memcg.stat["pswpin"] += 1

@@ -12,11 +12,8 @@ resident, but not mapped. The first access to one is a minor fault (a swap
 cache hit, `swap_ra_hit`), which also counts as a hit for the next window.
 Pages loaded from zswap are decompressed by the faulting task, as
 swap_read_folio() does; reads from a swap device are asynchronous and cost
-the task nothing beyond queueing on the device.
-
-Not modelled: a clean swap-cache page read from a swap device keeps its
-slot in the kernel and is dropped by reclaim without I/O; here its slot is
-freed on read, so reclaiming it before use writes it out again.
+the task nothing beyond queueing on the device. A page read from a swap
+device keeps its slot while it stays clean (swap.py), read ahead or not.
 """
 
 from __future__ import annotations

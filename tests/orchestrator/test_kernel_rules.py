@@ -396,3 +396,28 @@ def test_random_swapin_keeps_the_window_shut(simulate: Any) -> None:
     assert vm(doc, "pgmajfault") > 100
     # Faults are rarely adjacent and readahead rarely hits: the window stays at one page.
     assert vm(doc, "swap_ra") * 10 < vm(doc, "pgmajfault")
+
+
+# -- the swap cache (mm/swap_state.c, do_swap_page) -------------------------------
+
+
+def _steal(doc: dict[str, Any]) -> int:
+    return vm(doc, "pgsteal_kswapd") + vm(doc, "pgsteal_direct")
+
+
+def test_clean_pages_read_from_swap_keep_their_slot(simulate: Any) -> None:
+    overrides = {
+        "cgroups.app.memory_max": "4MiB",
+        "workloads.w.pattern.kind": "scan",
+        "tunables.page_cluster": 0,
+    }
+    read = simulate(**overrides, **{"workloads.w.pattern.write_ratio": 0.0})
+    assert vm(read, "pswpin") > 1000
+    # Pages read back and not written since are dropped by reclaim without I/O.
+    written = vm(read, "pswpout") + vm(read, "swpout_zero")
+    assert _steal(read) > written + vm(read, "pswpin") // 2
+
+    dirty = simulate(**overrides, **{"workloads.w.pattern.write_ratio": 1.0})
+    assert vm(dirty, "pswpin") > 1000
+    # Every page written after it came back has a stale slot: it is written again.
+    assert _steal(dirty) == vm(dirty, "pswpout") + vm(dirty, "swpout_zero")
