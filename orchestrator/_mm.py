@@ -96,6 +96,11 @@ class Memcg:
     peak: int = 0
     zswap_current: int = 0  # memory.zswap.current
     swap_current: int = 0  # memory.swap.current
+    # zswap_lruvec_state.nr_disk_swapins: swap-ins from disk not yet set
+    # against the zswap shrinker (they protect as many zswap entries).
+    zswap_disk_swapins: int = 0
+    # The zswap shrinker's work deferred by do_shrink_slab() (nr_deferred).
+    zswap_shrinker_deferred: int = 0
     events: dict[str, int] = field(
         default_factory=lambda: {"low": 0, "high": 0, "max": 0, "oom": 0, "oom_kill": 0}
     )

@@ -260,6 +260,7 @@ async def swap_in(mm: Mm, page: int, host: Host) -> tuple[bool, int]:
         snode.nr_pages -= 1
         memcg.swap_current -= PAGE_SIZE
     mm.verify(page, result.data[0])
+    memcg.zswap_disk_swapins += 1
     host.vmstat.inc("pswpin")
     memcg.stat["pswpin"] += 1
     return True, result.cost_ns

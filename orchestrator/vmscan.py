@@ -201,7 +201,18 @@ async def try_to_free_pages(mm: Mm, host: Host) -> tuple[int, int]:
 
 
 async def try_to_free_mem_cgroup_pages(mm: Mm, memcg: Memcg, nr: int) -> tuple[int, int]:
-    """memcg limit reclaim: the cgroup's own pages, on every node it uses."""
+    """memcg limit reclaim: the cgroup's own pages, on every node it uses, then
+    the cgroup's share of the shrinkers (zswap's)."""
+    from .zswap import zswap_shrinker_memcg
+
+    host = mm.hosts[memcg.host]
+    scanned_before = host.vmstat["pgscan_direct"]
+    lru_pages = sum(
+        mm.lru.count[i] + mm.lru.count[a]
+        for node in mm.nodes
+        for i, a in [node.lru.get(memcg.index, (-1, -1))]
+        if i >= 0
+    )
     reclaimed = 0
     cost = 0
     for nid in sorted(
@@ -214,6 +225,8 @@ async def try_to_free_mem_cgroup_pages(mm: Mm, memcg: Memcg, nr: int) -> tuple[i
         )
         reclaimed += got
         cost += c
+    scanned = host.vmstat["pgscan_direct"] - scanned_before
+    cost += await zswap_shrinker_memcg(mm, memcg, scanned, lru_pages, reclaimed)
     return reclaimed, cost
 
 

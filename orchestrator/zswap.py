@@ -516,6 +516,88 @@ async def zswap_shrinker_scan(mm: Mm, host: Host, scanned: int, lru_pages: int) 
     return cost
 
 
+# mm/vmscan.c: reclaim starts at DEF_PRIORITY; shrink_slab() scans in batches
+# of SHRINK_BATCH; zswap's shrinker has DEFAULT_SEEKS.
+DEF_PRIORITY = 12
+SHRINK_BATCH = 128
+DEFAULT_SEEKS = 2
+
+
+def reclaim_priority(scanned: int, lru_pages: int, reclaimed: int) -> int:
+    """The priority do_try_to_free_pages() would have reached to scan `scanned`
+    pages of an LRU of `lru_pages` (lru >> priority at each step); 0 when the
+    LRU gave nothing back."""
+    if reclaimed == 0 or lru_pages <= 0:
+        return 0
+    total = 0
+    for priority in range(DEF_PRIORITY, -1, -1):
+        total += lru_pages >> priority
+        if total >= scanned:
+            return priority
+    return 0
+
+
+def zswap_shrinker_count(memcg: Memcg, stored: int) -> int:
+    """zswap_shrinker_count(): the cgroup's entries, less those protected by
+    recent swap-ins from disk, scaled by the pool pages per entry."""
+    protected = min(stored, memcg.zswap_disk_swapins)
+    memcg.zswap_disk_swapins -= protected
+    nr_freeable = stored - protected
+    backing = min(stored, -(-memcg.zswap_current // PAGE_SIZE))
+    return nr_freeable * backing // stored if stored else 0
+
+
+async def zswap_shrinker_memcg(
+    mm: Mm, memcg: Memcg, scanned: int, lru_pages: int, reclaimed: int
+) -> int:
+    """The zswap shrinker in a cgroup's own reclaim (memcg-aware shrink_slab()).
+
+    do_try_to_free_pages() lowers the priority from DEF_PRIORITY until enough
+    is reclaimed and calls shrink_slab() at each one; do_shrink_slab() adds
+    (freeable >> priority) * 4 / DEFAULT_SEEKS to the work deferred by earlier
+    calls (>> priority), and walks the zswap LRU only in batches of
+    SHRINK_BATCH, deferring the rest (capped at twice the freeable entries).
+    So while reclaim succeeds at high priorities the shrinker mostly defers;
+    it writes back when reclaim struggles. Returns ns.
+    """
+    host = mm.hosts[memcg.host]
+    zswap = host.zswap
+    if zswap is None or not zswap.tunables.shrinker_enabled:
+        return 0
+    if not memcg.config.zswap_writeback:
+        return 0
+    cost = 0
+    lowest = reclaim_priority(scanned, lru_pages, reclaimed)
+    for priority in range(DEF_PRIORITY, lowest - 1, -1):
+        lru = zswap.lru.get(memcg.index)
+        stored = len(lru) if lru else 0
+        freeable = zswap_shrinker_count(memcg, stored)
+        if not freeable:
+            continue
+        nr = memcg.zswap_shrinker_deferred
+        memcg.zswap_shrinker_deferred = 0
+        delta = (freeable >> priority) * 4 // DEFAULT_SEEKS
+        total_scan = min((nr >> priority) + delta, 2 * freeable)
+        walked = 0
+        while total_scan >= SHRINK_BATCH or total_scan >= freeable:
+            batch = min(SHRINK_BATCH, total_scan)
+            stop = False
+            # list_lru_shrink_walk(): a referenced entry is rotated (second
+            # chance) and counts as walked.
+            for _ in range(batch):
+                status, c = await shrink_memcg_one(mm, zswap, memcg.index)
+                cost += c
+                if status == SHRINK_NOENT:
+                    stop = True
+                    break
+            total_scan -= batch
+            walked += batch
+            if stop or total_scan <= 0:
+                break
+        memcg.zswap_shrinker_deferred = min(max(nr + delta - walked, 0), 2 * freeable)
+    return cost
+
+
 __all__ = [
     "Zswap",
     "ZswapStats",
