@@ -53,7 +53,7 @@ _DIRECT = (
     "(allocstall 121-203). With swap readahead as the kernel's (swap_ra and pgmajfault now "
     "within 1-20 % of it) the re-read outruns kswapd in tiersim too, but tiersim enters direct "
     "reclaim about twice as often (allocstall ~430), never demotes from it because node 1 is "
-    "below its min watermark each time, and kswapd demotes 30k pages (0.75x). Without "
+    "below its min watermark each time, and kswapd demotes 31k pages (0.77x). Without "
     "readahead kswapd demoted 41.7k, with 5.8x the kernel's major faults. How node 1's free "
     "memory evolves between its kswapd and fallback allocations (numa_miss) still differs."
 )
