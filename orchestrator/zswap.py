@@ -39,6 +39,7 @@ import lz4.block
 
 from tiersim.nodes._types import OK, BatchResult
 
+from ._mm import SWAP_CLUSTER_MAX
 from ._pages import F_ZSWAP_REF, PS_ZSWAP, PS_ZSWAP_DIRECT
 from .config import ZswapTunables
 from .memcontrol import charge, uncharge
@@ -213,10 +214,10 @@ async def zswap_store(
         return False, cost
     # 3. per-cgroup limit
     if memcg.config.zswap_max is not None and memcg.zswap_current >= memcg.config.zswap_max:
-        # zswap_store(): at memory.zswap.max, shrink_memcg() looks at one
-        # entry; if that writes nothing back (referenced, or writeback off)
-        # the store is rejected, otherwise it goes ahead.
-        status, c = await shrink_memcg_one(mm, zswap, memcg.index)
+        # zswap_store(): at memory.zswap.max, shrink_memcg() walks up to
+        # SWAP_CLUSTER_MAX entries of the cgroup; if none is written back
+        # (all referenced, or writeback off) the store is rejected.
+        status, c = await shrink_memcg_walk(mm, zswap, memcg.index, SWAP_CLUSTER_MAX)
         cost += c
         if status != SHRINK_OK:
             return False, cost
@@ -461,14 +462,34 @@ async def shrink_memcg_one(mm: Mm, zswap: Zswap, memcg_index: int) -> tuple[int,
     return (SHRINK_OK if ok else SHRINK_AGAIN), cost
 
 
+async def shrink_memcg_walk(
+    mm: Mm, zswap: Zswap, memcg_index: int, nr_to_walk: int
+) -> tuple[int, int]:
+    """shrink_memcg(): walk up to nr_to_walk entries of the cgroup's zswap LRU,
+    rotating referenced ones and writing back the others. SHRINK_OK if any
+    was written back, SHRINK_AGAIN if none, SHRINK_NOENT if nothing to walk;
+    and ns."""
+    walked = written = cost = 0
+    status = SHRINK_NOENT
+    while walked < nr_to_walk:
+        one, c = await shrink_memcg_one(mm, zswap, memcg_index)
+        cost += c
+        if one == SHRINK_NOENT:
+            break
+        walked += 1
+        written += one == SHRINK_OK
+    if walked:
+        status = SHRINK_OK if written else SHRINK_AGAIN
+    return status, cost
+
+
 def start_shrink_worker(mm: Mm, zswap: Zswap) -> None:
     """shrink_worker(): write back, round-robin over cgroups, to the accept threshold.
 
-    Each step writes back up to 32 entries of the next cgroup (giving
-    referenced ones a second chance) and the worker stops after
-    MAX_RECLAIM_RETRIES steps that wrote nothing. mm/zswap.c walks one entry
-    per attempt; the reference recordings (docs/fidelity.md, G3) show this
-    worker writing back about twice what the kernel does.
+    Each step is shrink_memcg() on the next cgroup: a walk of up to
+    SWAP_CLUSTER_MAX entries of its zswap LRU, rotating referenced ones
+    (second chance) and writing back the others. The worker stops after
+    MAX_RECLAIM_RETRIES walks that wrote nothing back.
     """
     if zswap.shrink_running:
         return
@@ -486,8 +507,8 @@ def start_shrink_worker(mm: Mm, zswap: Zswap) -> None:
             return
         idx = memcgs[zswap.next_memcg % len(memcgs)]
         zswap.next_memcg += 1
-        done, cost = await shrink_memcg(mm, zswap, idx, 32)
-        if done == 0:
+        status, cost = await shrink_memcg_walk(mm, zswap, idx, SWAP_CLUSTER_MAX)
+        if status == SHRINK_AGAIN:
             failures += 1
             if failures >= MAX_RECLAIM_RETRIES:
                 zswap.shrink_running = False
