@@ -40,7 +40,7 @@ from .memcontrol import handle_over_high, try_charge, uncharge
 from .migrate import node_call, promote_page
 from .numa_balancing import migrate_balanced, should_promote, tiering_mode
 from .page_alloc import alloc_page, free_frame, take_frame
-from .swap import free_slots, swap_in, swapcache_release
+from .swap import free_slots, swap_in, swapcache_release, swapped_in
 from .swap_state import swap_cache_hit, swap_vma_ra_win, swap_vma_readahead
 from .vmscan import wakeup_kswapd
 
@@ -304,15 +304,7 @@ async def do_swap_page(mm: Mm, proc: Process, host: Host, page: int) -> int:
     cost += c + mm.costs.major_fault_ns
     host.vmstat.inc("pgmajfault")
     memcg.stat["pgmajfault"] += 1
-    pages = mm.pages
-    if not got:
-        # The swap device lost it: SIGBUS, and the page comes back empty.
-        host.vmstat.inc("sigbus")
-        pages.version[page] += 1
-    pages.state[page] = PS_MAPPED
-    pages.node[page] = nid
-    pages.handle[page] = 0
-    pages.flags[page] = 0
+    swapped_in(mm, host, page, nid, got, flags=0)
     if ra_hi - ra_lo > 1:
         # The faulting page joins the LRU only afterwards: reclaim run by the
         # readahead allocations cannot take it (the kernel holds it locked).
@@ -345,16 +337,21 @@ async def do_numa_page(mm: Mm, proc: Process, host: Host, page: int) -> int:
         wakeup_kswapd(mm, dst)
         host.vmstat.inc("pgpromote_fail")
         return cost
+    _ok, c = await migrate_misplaced(mm, page, dst, host)
+    return cost + c
+
+
+async def migrate_misplaced(mm: Mm, page: int, dst: int, host: Host) -> tuple[bool, int]:
+    """migrate_misplaced_folio(): promote a hint-faulted page to `dst`, counted: (ok, ns)."""
     take_frame(mm, dst)
-    ok, c = await promote_page(mm, page, dst, host)
-    cost += c
+    ok, cost = await promote_page(mm, page, dst, host)
     if ok:
         host.vmstat.inc("pgpromote_success")
         host.vmstat.inc("numa_pages_migrated")
     else:
         free_frame(mm, dst)
         host.vmstat.inc("pgpromote_fail")
-    return cost
+    return ok, cost
 
 
 def queue_promotion(mm: Mm, host: Host, page: int, dst: int, default: bool, now: int) -> None:
@@ -422,15 +419,8 @@ async def flush_promotions(mm: Mm, host: Host) -> None:
                 wakeup_kswapd(mm, dst)
                 host.vmstat.inc("pgpromote_fail")
                 continue
-            take_frame(mm, dst)
             # A background migration: its cost is the device's, not the faulting task's.
-            ok, _ = await promote_page(mm, page, dst, host)
-            if ok:
-                host.vmstat.inc("pgpromote_success")
-                host.vmstat.inc("numa_pages_migrated")
-            else:
-                free_frame(mm, dst)
-                host.vmstat.inc("pgpromote_fail")
+            await migrate_misplaced(mm, page, dst, host)
 
 
 async def forget_page(mm: Mm, page: int) -> None:

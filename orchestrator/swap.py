@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from tiersim.nodes._types import OK
 
-from ._pages import PS_CRAM_RO, PS_SWAP, PS_ZSWAP, PS_ZSWAP_DIRECT
+from ._pages import PS_CRAM_RO, PS_MAPPED, PS_SWAP, PS_ZSWAP, PS_ZSWAP_DIRECT
 from .memcontrol import uncharge
 from .migrate import node_call
 from .page_alloc import free_frame
@@ -139,6 +139,21 @@ async def pageout(
     if on_cram:
         host.vmstat.inc("cram_reclaim", len(done))
     return done, kept, cost
+
+
+def swapped_in(mm: Mm, host: Host, page: int, nid: int, got: bool, *, flags: int) -> None:
+    """Make a page brought back by swap_in() resident on `nid` (not yet on an LRU).
+
+    A page whose bytes the swap device lost comes back empty: SIGBUS.
+    """
+    pages = mm.pages
+    if not got:
+        host.vmstat.inc("sigbus")
+        pages.version[page] += 1
+    pages.state[page] = PS_MAPPED
+    pages.node[page] = nid
+    pages.handle[page] = 0
+    pages.flags[page] = flags
 
 
 def swapcache_release(mm: Mm, page: int) -> tuple[int, int] | None:

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING
 
 from tiersim.nodes import PAGE_SIZE
 
-from ._pages import F_SWAPCACHE, PS_MAPPED, PS_SWAP, PS_ZSWAP, PS_ZSWAP_DIRECT
+from ._pages import F_SWAPCACHE, PS_SWAP, PS_ZSWAP, PS_ZSWAP_DIRECT
 from .memcontrol import try_charge, uncharge
 from .page_alloc import alloc_page
-from .swap import swap_in
+from .swap import swap_in, swapped_in
 
 if TYPE_CHECKING:
     from ._mm import Host, Mm, Process
@@ -100,13 +100,7 @@ async def swap_vma_readahead(mm: Mm, proc: Process, host: Host, lo: int, hi: int
         got, c = await swap_in(mm, page, host)
         if from_zswap:
             cost += c
-        if not got:
-            host.vmstat.inc("sigbus")
-            pages.version[page] += 1
-        pages.state[page] = PS_MAPPED
-        pages.node[page] = nid
-        pages.handle[page] = 0
-        pages.flags[page] = F_SWAPCACHE
+        swapped_in(mm, host, page, nid, got, flags=F_SWAPCACHE)
         mm.lru.add_head(mm.lru_lists(nid, proc.memcg)[0], page)
         host.vmstat.inc("swap_ra")
     return cost

@@ -217,7 +217,7 @@ async def zswap_store(
         # zswap_store(): at memory.zswap.max, shrink_memcg() walks up to
         # SWAP_CLUSTER_MAX entries of the cgroup; if none is written back
         # (all referenced, or writeback off) the store is rejected.
-        status, c = await shrink_memcg_walk(mm, zswap, memcg.index, SWAP_CLUSTER_MAX)
+        status, _, c = await shrink_memcg_walk(mm, zswap, memcg.index, SWAP_CLUSTER_MAX)
         cost += c
         if status != SHRINK_OK:
             return False, cost
@@ -464,11 +464,12 @@ async def shrink_memcg_one(mm: Mm, zswap: Zswap, memcg_index: int) -> tuple[int,
 
 async def shrink_memcg_walk(
     mm: Mm, zswap: Zswap, memcg_index: int, nr_to_walk: int
-) -> tuple[int, int]:
+) -> tuple[int, int, int]:
     """shrink_memcg(): walk up to nr_to_walk entries of the cgroup's zswap LRU,
-    rotating referenced ones and writing back the others. SHRINK_OK if any
-    was written back, SHRINK_AGAIN if none, SHRINK_NOENT if nothing to walk;
-    and ns."""
+    rotating referenced ones and writing back the others: (status, entries
+    walked, ns). SHRINK_OK if any was written back, SHRINK_AGAIN if none,
+    SHRINK_NOENT if there was nothing to walk; fewer entries walked than asked
+    means the LRU ran out."""
     walked = written = cost = 0
     status = SHRINK_NOENT
     while walked < nr_to_walk:
@@ -480,7 +481,7 @@ async def shrink_memcg_walk(
         written += one == SHRINK_OK
     if walked:
         status = SHRINK_OK if written else SHRINK_AGAIN
-    return status, cost
+    return status, walked, cost
 
 
 def start_shrink_worker(mm: Mm, zswap: Zswap) -> None:
@@ -507,7 +508,7 @@ def start_shrink_worker(mm: Mm, zswap: Zswap) -> None:
             return
         idx = memcgs[zswap.next_memcg % len(memcgs)]
         zswap.next_memcg += 1
-        status, cost = await shrink_memcg_walk(mm, zswap, idx, SWAP_CLUSTER_MAX)
+        status, _, cost = await shrink_memcg_walk(mm, zswap, idx, SWAP_CLUSTER_MAX)
         if status == SHRINK_AGAIN:
             failures += 1
             if failures >= MAX_RECLAIM_RETRIES:
@@ -602,18 +603,13 @@ async def zswap_shrinker_memcg(
         walked = 0
         while total_scan >= SHRINK_BATCH or total_scan >= freeable:
             batch = min(SHRINK_BATCH, total_scan)
-            stop = False
             # list_lru_shrink_walk(): a referenced entry is rotated (second
             # chance) and counts as walked.
-            for _ in range(batch):
-                status, c = await shrink_memcg_one(mm, zswap, memcg.index)
-                cost += c
-                if status == SHRINK_NOENT:
-                    stop = True
-                    break
+            _, done, c = await shrink_memcg_walk(mm, zswap, memcg.index, batch)
+            cost += c
             total_scan -= batch
             walked += batch
-            if stop or total_scan <= 0:
+            if done < batch or total_scan <= 0:
                 break
         memcg.zswap_shrinker_deferred = min(max(nr + delta - walked, 0), 2 * freeable)
     return cost
