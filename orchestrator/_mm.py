@@ -140,8 +140,17 @@ class Process:
     writes: int = 0
     done: bool = False
     killed: str | None = None
-    # NUMA scanner position (task_numa_work's mm->numa_scan_offset)
+    # NUMA scanner (task_numa_work): position (mm->numa_scan_offset), passes
+    # completed (mm->numa_scan_seq), period (p->numa_scan_period, 0 until the
+    # first scan), earliest next scan (mm->numa_next_scan), the pass the task
+    # last placed itself in (p->numa_scan_seq) and its local hint faults since
+    # (p->numa_faults_locality[1]).
     numa_scan_offset: int = 0
+    numa_scan_seq: int = 0
+    numa_scan_period_ms: int = 0
+    numa_next_scan_ns: int = 0
+    numa_placement_seq: int = 0
+    numa_local_faults: int = 0
     # Swap readahead state (the VMA's swap_readahead_info): last fault, window, hits.
     swap_ra_pfn: int = -2
     swap_ra_win: int = 0

@@ -38,7 +38,12 @@ from ._pages import (
 from .cram import do_cram_wp_fault
 from .memcontrol import handle_over_high, try_charge, uncharge
 from .migrate import node_call, promote_page
-from .numa_balancing import migrate_balanced, should_promote, tiering_mode
+from .numa_balancing import (
+    migrate_balanced,
+    should_promote,
+    task_numa_fault_local,
+    tiering_mode,
+)
 from .page_alloc import alloc_page, free_frame, take_frame
 from .swap import free_slots, swap_in, swapcache_release, swapped_in
 from .swap_state import swap_cache_hit, swap_vma_ra_win, swap_vma_readahead
@@ -348,6 +353,7 @@ async def migrate_misplaced(mm: Mm, page: int, dst: int, host: Host) -> tuple[bo
     if ok:
         host.vmstat.inc("pgpromote_success")
         host.vmstat.inc("numa_pages_migrated")
+        task_numa_fault_local(mm, mm.proc_of(page))
     else:
         free_frame(mm, dst)
         host.vmstat.inc("pgpromote_fail")

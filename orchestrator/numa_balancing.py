@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 NS_PER_MS = 1_000_000
 NS_PER_S = 1_000_000_000
 NUMA_MIGRATION_ADJUST_STEPS = 16
+# kernel/sched/fair.c: scan-period adaptation and the scan-rate cap (MB/s).
+NUMA_PERIOD_SLOTS = 10
+NUMA_PERIOD_THRESHOLD = 7
+MAX_SCAN_WINDOW = 2560
 PAGE_SHIFT = 12
 
 
@@ -65,16 +69,81 @@ def rate_limit_pages(mm: Mm) -> int:
     return mm.tunables.numa.promote_rate_limit_MBps << (20 - PAGE_SHIFT)
 
 
+def task_scan_min(mm: Mm, proc: Process) -> int:
+    """task_scan_min(): the shortest scan period (ms) for the task's size."""
+    t = mm.tunables.numa
+    windows = max(1, MAX_SCAN_WINDOW // t.scan_size_mb) if t.scan_size_mb < MAX_SCAN_WINDOW else 1
+    floor = 1000 // windows
+    return max(floor, t.scan_period_min_ms // task_nr_scan_windows(mm, proc))
+
+
+def task_scan_max(mm: Mm, proc: Process) -> int:
+    """task_scan_max() of a task without a NUMA group."""
+    smax = mm.tunables.numa.scan_period_max_ms // task_nr_scan_windows(mm, proc)
+    return max(task_scan_min(mm, proc), smax)
+
+
+def task_nr_scan_windows(mm: Mm, proc: Process) -> int:
+    """Scan windows in the task's resident set (rss / scan_size, rounded up)."""
+    nr_scan_pages = max(1, (mm.tunables.numa.scan_size_mb << 20) >> PAGE_SHIFT)
+    return max(1, -(-proc.npages // nr_scan_pages))
+
+
+def task_numa_fault_local(mm: Mm, proc: Process) -> None:
+    """task_numa_fault() for a hint fault whose page ended on a top-tier node.
+
+    Tiering mode keeps no statistics for faults on slow memory (they return
+    early), so only promoted pages count, as local private faults. Once per
+    scan pass the task places itself (task_numa_placement()), which adapts
+    the scan period to the faults counted since (update_task_scan_period()):
+    all-local private faults slow the scanner by 30 %, none at all double
+    its period.
+    """
+    if proc.numa_placement_seq != proc.numa_scan_seq:
+        proc.numa_placement_seq = proc.numa_scan_seq
+        update_task_scan_period(mm, proc)
+    proc.numa_local_faults += 1
+
+
+def update_task_scan_period(mm: Mm, proc: Process) -> None:
+    """update_task_scan_period() with every fault private and local."""
+    period = proc.numa_scan_period_ms or task_scan_min(mm, proc)
+    if proc.numa_local_faults == 0:
+        proc.numa_scan_period_ms = min(task_scan_max(mm, proc), period << 1)
+        now = max(proc.clock_ns, mm.sched.now_ns)
+        proc.numa_next_scan_ns = now + proc.numa_scan_period_ms * NS_PER_MS
+        return
+    # ps_ratio = 10 (all private) >= NUMA_PERIOD_THRESHOLD: slot = 10 - 7.
+    period_slot = -(-period // NUMA_PERIOD_SLOTS)
+    diff = (NUMA_PERIOD_SLOTS - NUMA_PERIOD_THRESHOLD) * period_slot
+    proc.numa_scan_period_ms = min(
+        max(period + diff, task_scan_min(mm, proc)), task_scan_max(mm, proc)
+    )
+    proc.numa_local_faults = 0
+
+
 def start_scanner(mm: Mm, proc: Process) -> None:
-    """task_numa_work() on a fixed period, first run after the scan delay."""
+    """task_numa_work() every scan period, first run after the scan delay.
+
+    The period starts at task_scan_min() and adapts at each pass to the
+    task's local faults (task_numa_fault_local()); a pass that finds the
+    next scan pushed out (mm->numa_next_scan) waits for it.
+    """
     t = mm.tunables.numa
     window = max(1, (t.scan_size_mb << 20) >> PAGE_SHIFT)
-    period = t.scan_period_min_ms * NS_PER_MS
     pages = mm.pages
 
     async def scan() -> None:
         if proc.done or mm.stopped:
             return
+        now = mm.sched.now_ns
+        if now < proc.numa_next_scan_ns:
+            mm.sched.at(proc.numa_next_scan_ns, scan, f"numa_scan{proc.index}")
+            return
+        if proc.numa_scan_period_ms == 0:
+            proc.numa_scan_period_ms = task_scan_min(mm, proc)
+        period = proc.numa_scan_period_ms * NS_PER_MS
+        proc.numa_next_scan_ns = now + period
         host = mm.hosts[proc.host]
         start = proc.numa_scan_offset
         end = min(start + window, proc.npages)
@@ -86,15 +155,21 @@ def start_scanner(mm: Mm, proc: Process) -> None:
         for nid in host.nodes:
             if not host.tiers.is_toptier(nid):
                 slow |= node == nid
-        # Only mapped PTEs are scanned: not pages sitting in the swap cache.
-        mapped = (pages.flags_np[lo:hi] & F_SWAPCACHE) == 0
+        # Only mapped PTEs are scanned: not pages sitting in the swap cache,
+        # and not PTEs already PROT_NONE, whose scan time is kept from the
+        # pass that marked them (prot_numa_skip() in mm/mprotect.c).
+        mapped = (pages.flags_np[lo:hi] & (F_SWAPCACHE | F_PROTNONE)) == 0
         mask = ((state == PS_MAPPED) | (state == PS_CRAM_RO)) & slow & mapped
         idx = np.nonzero(mask)[0] + lo
         if idx.size:
             pages.flags_np[idx] |= F_PROTNONE
             pages.scan_ns_np[idx] = mm.sched.now_ns
             host.vmstat.inc("numa_pte_updates", int(idx.size))
-        proc.numa_scan_offset = 0 if end >= proc.npages else end
+        if end >= proc.npages:
+            proc.numa_scan_offset = 0
+            proc.numa_scan_seq += 1  # reset_ptenuma_scan()
+        else:
+            proc.numa_scan_offset = end
         mm.sched.after(period, scan, f"numa_scan{proc.index}")
 
     mm.sched.after(t.scan_delay_ms * NS_PER_MS, scan, f"numa_scan{proc.index}")

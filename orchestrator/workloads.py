@@ -43,6 +43,10 @@ Kinds modelled on real programs and benchmarks (``_workloads_app.py``,
 Every kind takes ``think_ns`` (the mean simulated time between accesses, also
 accepted as ``think = "2us"``); ``think_distribution`` makes the gaps
 exponential (the default: accesses arrive as a Poisson process) or fixed.
+``think_schedule`` changes the think time as the run goes on: a list of
+``[from_access, think]`` pairs, each applying from that access on (before
+the first, ``think_ns``) -- a program whose first touches cost more than
+its later reads, or a recording's measured pace.
 Kinds whose writes are not theirs to define take ``write_ratio`` (the share
 of accesses that write); ``kv`` (``set_ratio``), ``gups`` (every update
 writes) and ``trace`` (the trace says) define their own.
@@ -78,7 +82,9 @@ WORKLOAD_KINDS: tuple[str, ...] = (
 )
 THINK_DISTRIBUTIONS: tuple[str, ...] = ("exponential", "fixed")
 
-_COMMON_KEYS = frozenset({"kind", "name", "write_ratio", "think_ns", "think_distribution"})
+_COMMON_KEYS = frozenset(
+    {"kind", "name", "write_ratio", "think_ns", "think_distribution", "think_schedule"}
+)
 # Accepted in tables only: `think` is a duration that becomes think_ns.
 _ALIASES = frozenset({"think"})
 _KIND_KEYS: dict[str, frozenset[str]] = {
@@ -131,6 +137,8 @@ class WorkloadSpec:
     write_ratio: float = 0.0
     think_ns: int = 0
     think_distribution: str = "exponential"
+    # (from_access, think_ns) pairs, from_access strictly increasing.
+    think_schedule: tuple[tuple[int, int], ...] = ()
     alpha: float = 1.0
     stride: int = 1
     hot_pages: int | None = None
@@ -173,6 +181,7 @@ class WorkloadSpec:
                 f"{where}: think_distribution must be one of {choices}, "
                 f"got {self.think_distribution!r}"
             )
+        _check_schedule(where, self.think_schedule)
         _check_number(where, "alpha", self.alpha)
         if not self.alpha > 0:
             raise ValueError(f"{where}: alpha must be > 0, got {self.alpha!r}")
@@ -252,6 +261,10 @@ class WorkloadSpec:
                 values["think_ns"] = parse_duration_ns(values["think_ns"])
             except ValueError as e:
                 raise ValueError(f"workload {kind!r}: think_ns: {e}") from None
+        if "think_schedule" in values:
+            values["think_schedule"] = _parse_schedule(
+                f"workload {kind!r}", values["think_schedule"]
+            )
         for key in _SIZE_KEYS & set(values):
             if isinstance(values[key], str):
                 try:
@@ -276,6 +289,43 @@ class WorkloadSpec:
 def _allowed_keys(kind: str) -> frozenset[str]:
     keys = _COMMON_KEYS | _KIND_KEYS[kind]
     return keys - {"write_ratio"} if kind in _OWN_WRITES else keys
+
+
+def _parse_schedule(where: str, value: object) -> tuple[tuple[int, int], ...]:
+    """``[[from_access, think], ...]`` from a table, durations parsed."""
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"{where}: think_schedule must be a list of [from_access, think] pairs")
+    out = []
+    for i, entry in enumerate(value):
+        if not isinstance(entry, list | tuple) or len(entry) != 2:
+            raise ValueError(
+                f"{where}: think_schedule[{i}] must be a [from_access, think] pair, got {entry!r}"
+            )
+        start, think = entry
+        if isinstance(think, str):
+            try:
+                think = parse_duration_ns(think)
+            except ValueError as e:
+                raise ValueError(f"{where}: think_schedule[{i}]: {e}") from None
+        out.append((start, think))
+    return tuple(out)
+
+
+def _check_schedule(where: str, schedule: object) -> None:
+    if not isinstance(schedule, tuple):
+        raise ValueError(f"{where}: think_schedule must be a tuple of pairs, got {schedule!r}")
+    last = -1
+    for i, entry in enumerate(schedule):
+        if not isinstance(entry, tuple) or len(entry) != 2:
+            raise ValueError(f"{where}: think_schedule[{i}] must be a pair, got {entry!r}")
+        start = _check_int(where, f"think_schedule[{i}] from_access", entry[0], minimum=0)
+        _check_int(where, f"think_schedule[{i}] think_ns", entry[1], minimum=0)
+        if start <= last:
+            raise ValueError(
+                f"{where}: think_schedule[{i}] starts at access {start}, "
+                f"not after the previous entry's {last}"
+            )
+        last = start
 
 
 def _check_bool(where: str, key: str, value: object) -> None:
@@ -356,7 +406,9 @@ class Workload(ABC):
             writes = np.zeros(n, dtype=np.bool_)
         else:
             writes = self._writes_rng.random(n) < spec.write_ratio
-        if spec.think_ns == 0:
+        if spec.think_schedule:
+            gaps = self._scheduled_gaps(n)
+        elif spec.think_ns == 0:
             gaps = np.zeros(n, dtype=np.int64)
         elif spec.think_distribution == "fixed":
             gaps = np.full(n, spec.think_ns, dtype=np.int64)
@@ -366,6 +418,17 @@ class Workload(ABC):
             gaps = gaps + trace_gaps
         self._issued += n
         return AccessChunk(pages, writes, gaps)
+
+    def _scheduled_gaps(self, n: int) -> npt.NDArray[np.int64]:
+        """Think times of the next ``n`` accesses under ``think_schedule``."""
+        spec = self.spec
+        starts = np.array([s for s, _ in spec.think_schedule], dtype=np.int64)
+        thinks = np.array([spec.think_ns] + [t for _, t in spec.think_schedule], dtype=np.int64)
+        index = np.arange(self._issued, self._issued + n, dtype=np.int64)
+        mean = thinks[np.searchsorted(starts, index, side="right")]
+        if spec.think_distribution == "fixed":
+            return mean
+        return np.rint(self._gaps_rng.exponential(1.0, n) * mean).astype(np.int64)
 
     def _uniform(self, u: npt.NDArray[np.float64], span: int) -> npt.NDArray[np.int64]:
         """Map uniforms in [0, 1) to integers in [0, span)."""

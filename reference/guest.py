@@ -294,6 +294,18 @@ def parse_kv(lines: Sequence[str]) -> dict[str, int]:
     return out
 
 
+def parse_progress(lines: Sequence[str]) -> list[int]:
+    """The workload's clock readings (``progress_ns a,b,c``), ns since its start."""
+    for line in lines:
+        key, _, value = line.partition(" ")
+        if key == "progress_ns" and value.strip():
+            try:
+                return [int(v) for v in value.strip().split(",")]
+            except ValueError:
+                return []
+    return []
+
+
 def parse_kv_text(lines: Sequence[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for line in lines:
@@ -335,9 +347,11 @@ def parse_report(text: str, console: str = "") -> dict[str, object]:
         raise GuestError(
             "the workload failed: " + " / ".join(sec.get("workload", [])[-3:] or ["no output"])
         )
+    progress = parse_progress(sec.get("workload", []))
     if not completed:
         # Killed by the kernel (the OOM killer): counters stand, timing does not.
         workload.pop("elapsed_ns", None)
+        progress = []
     swap = parse_kv(sec.get("meminfo-swap", []))
     return {
         "kernel": (sec.get("kernel") or ["?"])[0],
@@ -358,5 +372,6 @@ def parse_report(text: str, console: str = "") -> dict[str, object]:
         "tiers": parse_kv_text(sec.get("tiers", [])),
         "params": parse_kv_text(sec.get("params", [])),
         "workload": workload,
+        "progress_ns": progress,
         "dmesg": sec.get("dmesg", []),
     }

@@ -18,13 +18,16 @@ The data document (``reference/data/<name>.json``)::
       "recorded_at": "2026-...Z",
       "runs": 3,
       "plan": {"npages": ..., "accesses": ..., "stores": ...},
-      "guest": {"meminfo": {...ranges...}, "tiers": {...}, "elapsed_ns": {...}},
+      "guest": {"meminfo": {...ranges...}, "tiers": {...}, "elapsed_ns": {...},
+                "progress_ns": {"every": 4096, "values": [[0, ...], ...]}},
       "counters": {"vmstat.zswpout": {"min": .., "max": .., "values": [..]}, ...}
     }
 
 Counter names are ``<source>.<name>``: ``vmstat`` (increase over the
 workload), ``zswap`` (debugfs at the end), ``memory.stat``, ``cgroup``,
-``memory.events``, ``workload``.
+``memory.events``, ``workload``. ``guest.progress_ns`` holds each completed
+run's clock readings, one every ``every`` accesses, for pacing tiersim by
+where the guest's time went.
 """
 
 from __future__ import annotations
@@ -214,6 +217,15 @@ def aggregate(
                 or [0]
             ),
             "wall_s": _range([float(rep.get("wall_s", 0.0)) for rep in reports]),
+            # Clock readings every `every` accesses, one list per completed run.
+            "progress_ns": {
+                "every": int(reports[0].get("workload", {}).get("progress_every", 0)),
+                "values": [
+                    list(rep.get("progress_ns", []))
+                    for rep in reports
+                    if rep["workload"].get("completed") and rep.get("progress_ns")
+                ],
+            },
         },
         "counters": counters,
     }

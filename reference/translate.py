@@ -31,7 +31,8 @@ What is calibrated from a recording, when one is given:
 * Time. Under TCG the guest runs its accesses far slower than real hardware,
   and NUMA scanning, hint-fault latency and kswapd all run on wall-clock
   time. With ``guest_time`` the accesses get a fixed think time so that the
-  simulated run lasts as long as the guest's workload did.
+  simulated run lasts as long as the guest's workload did, stretch by stretch
+  where the recording holds the guest's clock readings (``think_schedule``).
 """
 
 from __future__ import annotations
@@ -87,6 +88,42 @@ def guest_think_ns(w: ReferenceWorkload, data: Mapping[str, Any] | None) -> int 
         return None
     values = [int(v) for v in elapsed["values"]]
     return int(sum(values) / len(values) / accesses)
+
+
+def guest_think_schedule(
+    w: ReferenceWorkload, data: Mapping[str, Any] | None
+) -> list[list[int]] | None:
+    """Think time by stretch of the run, from the guest's clock readings.
+
+    The guest reads its clock every ``every`` accesses. The time between two
+    readings, averaged over the runs, is spread evenly over that stretch's
+    accesses: under TCG a first-touch store costs the guest far more than a
+    later read, and a uniform pace would stretch the reads' phase -- the one
+    the NUMA scanner acts in -- by the stores' cost.
+    """
+    if not data:
+        return None
+    progress = data.get("guest", {}).get("progress_ns")
+    elapsed = data.get("guest", {}).get("elapsed_ns", {}).get("values") or []
+    accesses = data.get("plan", {}).get("accesses") or w.access.accesses
+    if not isinstance(progress, Mapping) or not progress.get("values") or not elapsed:
+        return None
+    every = int(progress["every"])
+    runs = [list(map(int, v)) for v in progress["values"]]
+    if every <= 0 or len(runs) != len(elapsed) or len({len(r) for r in runs}) != 1:
+        return None
+    marks = [[*r, int(end)] for r, end in zip(runs, elapsed, strict=True)]
+    schedule: list[list[int]] = []
+    for j in range(len(marks[0]) - 1):
+        start = j * every
+        n = min(every, accesses - start)
+        if n <= 0:
+            break
+        span = sum(m[j + 1] - m[j] for m in marks) / len(marks)
+        think = max(0, round(span / n))
+        if not schedule or schedule[-1][1] != think:
+            schedule.append([start, think])
+    return schedule or None
 
 
 def guest_baseline(data: Mapping[str, Any] | None) -> int:
@@ -152,10 +189,15 @@ def to_scenario(
             }
         )
     pattern = dict(w.access.pattern)
-    think = guest_think_ns(w, data) if use_guest_time(w, guest_time) else None
-    if think:
-        pattern["think_ns"] = think
-        pattern["think_distribution"] = "fixed"
+    if use_guest_time(w, guest_time):
+        schedule = guest_think_schedule(w, data)
+        think = guest_think_ns(w, data)
+        if schedule:
+            pattern["think_schedule"] = schedule
+            pattern["think_distribution"] = "fixed"
+        elif think:
+            pattern["think_ns"] = think
+            pattern["think_distribution"] = "fixed"
     z = w.zswap
     t = w.tunables
     c = w.cgroup

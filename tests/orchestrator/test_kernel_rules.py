@@ -12,7 +12,12 @@ from typing import Any
 
 from sim_helpers import vm, zs
 from tiersim.orchestrator.config import NumaTunables
-from tiersim.orchestrator.numa_balancing import PromoState, adjust_threshold
+from tiersim.orchestrator.numa_balancing import (
+    PromoState,
+    adjust_threshold,
+    task_numa_fault_local,
+    update_task_scan_period,
+)
 from tiersim.orchestrator.zswap import Zswap, ZswapTunables
 
 
@@ -260,6 +265,70 @@ def test_hint_fault_promotion_from_cxl(simulate: Any) -> None:
         return by_node["dram0"] / sum(by_node.values())
 
     assert dram_share(on) > dram_share(off)
+
+
+def test_scanner_leaves_prot_none_ptes_alone(simulate: Any) -> None:
+    # prot_numa_skip(): a PTE already PROT_NONE keeps the scan time of the
+    # pass that marked it and is not counted again, so every PTE update is
+    # of a page that arrived on the slow tier or took a hint fault since.
+    doc = simulate(
+        **{
+            "tunables.demotion_enabled": True,
+            "tunables.numa.numa_balancing": 2,
+            "tunables.numa.scan_delay_ms": 100,
+            "tunables.numa.scan_period_min_ms": 100,
+            "scenario.duration": "5s",
+            # A hot set that walks once over the footprint and never returns:
+            # what it leaves on the slow tier is marked once and never faults.
+            "workloads.w.accesses": 150000,
+            "workloads.w.pattern": {
+                "kind": "shifting",
+                "hot_pages": 256,
+                "shift_pages": 256,
+                "shift_every": 10000,
+                "hot_fraction": 1.0,
+                "think": "20us",
+            },
+            "nodes.cxl0.capacity": "64MiB",
+        }
+    )
+    arrived = vm(doc, "numa_miss") + vm(doc, "pgdemote_kswapd") + vm(doc, "pgdemote_direct")
+    assert vm(doc, "numa_pte_updates") > 0
+    assert vm(doc, "numa_pte_updates") <= arrived + vm(doc, "numa_hint_faults")
+
+
+def test_scan_period_adapts_to_local_faults() -> None:
+    tun = SimpleNamespace(numa=NumaTunables())
+    mm = SimpleNamespace(tunables=tun, sched=SimpleNamespace(now_ns=5_000_000_000))
+    proc = SimpleNamespace(
+        npages=1000,
+        clock_ns=5_000_000_000,
+        numa_scan_seq=1,
+        numa_placement_seq=0,
+        numa_scan_period_ms=1000,
+        numa_next_scan_ns=0,
+        numa_local_faults=4,
+    )
+    # update_task_scan_period(): all-private local faults slow the scan by
+    # 3 period slots (30 %), once per pass.
+    task_numa_fault_local(mm, proc)  # type: ignore[arg-type]
+    assert proc.numa_scan_period_ms == 1300 and proc.numa_local_faults == 1
+    task_numa_fault_local(mm, proc)  # type: ignore[arg-type]
+    assert proc.numa_scan_period_ms == 1300 and proc.numa_local_faults == 2
+    proc.numa_scan_seq = 2
+    task_numa_fault_local(mm, proc)  # type: ignore[arg-type]
+    assert proc.numa_scan_period_ms == 1690
+    # No fault counted since the last placement: scan half as often, and
+    # push the next scan out.
+    proc.numa_local_faults = 0
+    update_task_scan_period(mm, proc)  # type: ignore[arg-type]
+    assert proc.numa_scan_period_ms == 3380
+    assert proc.numa_next_scan_ns == 5_000_000_000 + 3380 * 1_000_000
+    # Never beyond scan_period_max_ms.
+    for _ in range(20):
+        proc.numa_local_faults = 3
+        update_task_scan_period(mm, proc)  # type: ignore[arg-type]
+    assert proc.numa_scan_period_ms == 60000
 
 
 def test_promotion_rate_limit_caps_candidates(simulate: Any) -> None:

@@ -222,6 +222,28 @@ def test_think_time() -> None:
     assert (none.gap_ns == 0).all()
 
 
+def test_think_schedule_changes_the_pace_at_the_given_accesses() -> None:
+    spec = {
+        "kind": "uniform",
+        "think_ns": 50,
+        "think_schedule": [[1000, "2us"], [2500, 300]],
+        "think_distribution": "fixed",
+    }
+    w = make_workload(spec, 100, seed=1)
+    # Chunk boundaries that fall inside the schedule's steps.
+    gaps = np.concatenate([w.next_chunk(700).gap_ns, w.next_chunk(2300).gap_ns])
+    assert (gaps[:1000] == 50).all()
+    assert (gaps[1000:2500] == 2000).all()
+    assert (gaps[2500:] == 300).all()
+    exp = make_workload({**spec, "think_distribution": "exponential"}, 100, seed=1)
+    g = exp.next_chunk(200_000).gap_ns
+    assert g[2500:].mean() == pytest.approx(300, rel=0.02)
+    assert g[1000:2500].mean() == pytest.approx(2000, rel=0.1)
+    parsed = WorkloadSpec.from_dict(spec)
+    assert parsed.think_schedule == ((1000, 2000), (2500, 300))
+    assert WorkloadSpec.from_dict(parsed.to_dict()) == parsed
+
+
 def test_spec_dataclass_round_trips() -> None:
     spec = WorkloadSpec.from_dict({"kind": "zipf", "alpha": 1.3, "think": "1us", "name": "kv"})
     assert spec == WorkloadSpec(kind="zipf", alpha=1.3, think_ns=1000, name="kv")
@@ -259,6 +281,15 @@ def test_spec_dataclass_round_trips() -> None:
             10,
             r"think_distribution must be one of exponential, fixed, got 'pareto'",
         ),
+        (
+            {"kind": "uniform", "think_schedule": [[0, "1us"], [0, "2us"]]},
+            10,
+            r"think_schedule\[1\] starts at access 0, not after the previous entry's 0",
+        ),
+        ({"kind": "uniform", "think_schedule": [[5]]}, 10, r"think_schedule\[0\] must be a "),
+        ({"kind": "uniform", "think_schedule": [[5, "x"]]}, 10, r"think_schedule\[0\]: not a"),
+        ({"kind": "uniform", "think_schedule": [[-1, 5]]}, 10, r"from_access must not be neg"),
+        ({"kind": "uniform", "think_schedule": 3}, 10, r"think_schedule must be a list of"),
         ({"kind": "scan", "stride": 0}, 10, r"workload 'scan': stride must be >= 1, got 0"),
         ({"kind": "scan", "stride": 11}, 10, r"stride \(11\) must not exceed the footprint \(10"),
         (

@@ -108,7 +108,14 @@ GOOD = dict(
     vmstat_start=["nr_free_pages 100", "zswpout 5", "pgfault 10"],
     vmstat_end=["nr_free_pages 50", "zswpout 105", "pgfault 60"],
     zswap_end=["stored_pages 40", "pool_total_size 81920"],
-    workload=["npages 10", "elapsed_ns 123", "accesses 20", "stores 10"],
+    workload=[
+        "npages 10",
+        "elapsed_ns 123",
+        "accesses 20",
+        "stores 10",
+        "progress_every 8",
+        "progress_ns 0,40,90",
+    ],
     meminfo_start=["node0.MemFree 1000", "node0.MemTotal 2000"],
     tiers=["memory_tier4 0", "memory_tier22 1"],
     outcome=["completed 1"],
@@ -128,13 +135,16 @@ def test_parse_report() -> None:
         "elapsed_ns": 123,
         "accesses": 20,
         "stores": 10,
+        "progress_every": 8,
         "completed": 1,
     }
+    assert rep["progress_ns"] == [0, 40, 90]
 
 
 def test_parse_report_killed_workload() -> None:
     rep = parse_report(_report(**{**GOOD, "workload": ["npages 10"], "outcome": ["completed 0"]}))
     assert rep["workload"] == {"npages": 10, "completed": 0}
+    assert rep["progress_ns"] == []
 
 
 def test_parse_report_failures() -> None:

@@ -15,6 +15,7 @@ from tiersim.reference.translate import (
     dumps_toml,
     guest_baseline,
     guest_think_ns,
+    guest_think_schedule,
     node_capacities,
     pool_percent,
     scenario_toml,
@@ -84,6 +85,35 @@ def test_calibration_from_a_recording() -> None:
     s = to_scenario(w, DATA, guest_time=True)
     assert s["workloads"][0]["pattern"]["think_ns"] == 1_000_000
     assert s["workloads"][0]["pattern"]["think_distribution"] == "fixed"
+
+
+def test_guest_clock_readings_become_a_think_schedule() -> None:
+    w = parse_workload(MINIMAL)
+    # Two runs, readings every 2048 accesses (6144 in all): the first third
+    # of the run took 3x as long per access as the rest.
+    data = {
+        **DATA,
+        "guest": {
+            **DATA["guest"],
+            "progress_ns": {
+                "every": 2048,
+                "values": [
+                    [0, 3_000_000_000, 4_500_000_000],
+                    [0, 3_288_000_000, 4_788_000_000],
+                ],
+            },
+        },
+    }
+    per = 1_500_000_000 / 2048
+    assert guest_think_schedule(w, data) == [[0, round(3_144_000_000 / 2048)], [2048, round(per)]]
+    s = to_scenario(w, data, guest_time=True)
+    pattern = s["workloads"][0]["pattern"]
+    assert pattern["think_schedule"] == guest_think_schedule(w, data)
+    assert "think_ns" not in pattern
+    # Readings that do not line up with the runs' end times are not used.
+    bad = {**data, "guest": {**data["guest"], "elapsed_ns": {"values": [6_144_000_000]}}}
+    assert guest_think_schedule(w, bad) is None
+    assert to_scenario(w, bad, guest_time=True)["workloads"][0]["pattern"]["think_ns"] > 0
 
 
 def test_toml_round_trip() -> None:
