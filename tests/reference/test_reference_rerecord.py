@@ -11,6 +11,10 @@ as before, and on workloads without NUMA tiers -- where the kernel repeats
 itself within a few per cent -- every checked counter's new range overlaps
 the committed range widened by 10 %. Tiered workloads are only reported:
 kswapd-driven demotion varies several-fold between identical runs under TCG.
+So is the pool left at the end (stored_pages, pool_total_size) where zswap
+writes back: it depends on when the last shrinker pass ran against the end
+of the workload (36 to 1,137 entries in three identical runs), while the
+flows in and out of the pool (zswpout, zswpin, zswpwb) are still checked.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ import pytest
 from tiersim.reference.compare import CHECKED, REL_TOLERANCE, SLACK_PAGES
 from tiersim.reference.record import SCHEMA, record, write_json
 from tiersim.reference.spec import data_dir, library, load_workload
+
+# The pool's state when the workload ends, as opposed to counts of events.
+END_OF_RUN_POOL = frozenset({"zswap.stored_pages", "zswap.pool_total_size"})
 
 pytestmark = [pytest.mark.reference, pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -64,12 +71,16 @@ def test_rerecord(name: str, out_dir: Path) -> None:
     assert counters["workload.completed"]["values"][0] == old["workload.completed"]["values"][0]
     if w.tiered:
         return
-    drift = []
+    writeback = old.get("vmstat.zswpwb", {}).get("max", 0) > 0
+    drift, reported = [], []
     for key in CHECKED:
         if key in counters and key in old:
             slack = SLACK_PAGES * (4096 if key == "zswap.pool_total_size" else 1)
             if not _overlaps(counters[key], old[key], slack):
-                drift.append(f"{key}: now {counters[key]['values']}, was {old[key]['values']}")
+                line = f"{key}: now {counters[key]['values']}, was {old[key]['values']}"
+                (reported if writeback and key in END_OF_RUN_POOL else drift).append(line)
+    for line in reported:
+        print(f"{name}: end-of-run pool outside the committed range (reported only): {line}")
     assert not drift, "the kernel's counters moved since the committed recording:\n" + "\n".join(
         drift
     )
