@@ -37,9 +37,14 @@ _POOL_LIMIT = (
 _FALLBACK = (
     "When node 0 reaches its low watermark tiersim allocates on node 1 without waking kswapd "
     "on node 0, so nothing is demoted. The kernel falls back to node 1 as well (numa_miss "
-    "19-25k) but kswapd still runs on node 0 (14-33 times a run, each followed by a kcompactd "
-    "wake-up) and demotes 3.6-9.9k pages: most likely watermark boosting after fragmenting "
-    "fallback allocations (watermark_boost_factor), which tiersim does not model."
+    "19-25k) but kswapd still runs on node 0, 14-33 times a run, each followed by a kcompactd "
+    "wake-up: the mark of watermark boosting. The guest's /proc/zoneinfo and /proc/pagetypeinfo "
+    "(kept by `tiersim reference run --keep`) show why: node 0 is a 3.8k-page DMA zone beside "
+    "DMA32, both end the run at their low watermarks (DMA with its lowmem reserve), and DMA32 "
+    "starts with ~940 free pages in 14 unmovable and reclaimable pageblocks. Once its movable "
+    "free lists are empty, each attempt to claim such a block boosts the zone's watermarks "
+    "(boost_watermark()) and wakes kswapd, which demotes until a zone is balanced again, ~300 "
+    "pages a run. tiersim has neither zones within a node nor pageblock migratetypes."
 )
 _DIRECT = (
     "The kernel demotes 38.5-42.3k pages from kswapd and 0.9-1.5k from direct reclaim "

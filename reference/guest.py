@@ -114,6 +114,8 @@ def init_script(w: ReferenceWorkload, modules: Sequence[str]) -> str:
         "grep -E '^(MemTotal|MemFree|MemAvailable):' /proc/meminfo"
         " | sed 's/: */ /; s/ kB//' | sec meminfo-global",
         "cat /proc/vmstat | sec vmstat-start",
+        "cat /proc/pagetypeinfo 2>/dev/null | sec pagetypeinfo-start",
+        "cat /proc/zoneinfo | sec zoneinfo-start",
         "kv /sys/kernel/debug/zswap/* | sec zswap-start",
         "mkfifo /run/ctl",
         f"sh -c 'echo $$ > {CGROUP}/cgroup.procs && "
@@ -123,6 +125,8 @@ def init_script(w: ReferenceWorkload, modules: Sequence[str]) -> str:
         "( while kill -0 $WL 2>/dev/null; do sleep 1; done; echo exited > /run/ctl ) &",
         "read done < /run/ctl",
         "cat /proc/vmstat | sec vmstat-end",
+        "cat /proc/pagetypeinfo 2>/dev/null | sec pagetypeinfo-end",
+        "cat /proc/zoneinfo | sec zoneinfo-end",
         "kv /sys/kernel/debug/zswap/* | sec zswap-end",
         f"cat {CGROUP}/memory.stat | sec memory.stat",
         f"kv {CGROUP}/memory.current {CGROUP}/memory.peak {CGROUP}/memory.zswap.current "
