@@ -498,11 +498,6 @@ async def exit_mmap(mm: Mm, proc: Process) -> None:
             mm.lru.del_page(page)
         pages.state[page] = PS_UNTOUCHED
         pages.node[page] = -1
-    for nid, handles in sorted(by_node.items()):
-        node = mm.nodes[nid]
-        if node.lost:
-            continue
-        for i in range(0, len(handles), 256):
-            r = await node_call(mm, nid, node.client.free(handles[i : i + 256]))
-            if r is not None:
-                mm.note_state(nid, r.state)
+    # Device copies and swap slots go back at the exit's time, as every other
+    # release does (the client splits batches at the node's limit).
+    await free_slots(mm, by_node)

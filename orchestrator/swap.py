@@ -172,7 +172,8 @@ def swapcache_release(mm: Mm, page: int) -> tuple[int, int] | None:
 
 
 async def free_slots(mm: Mm, by_node: dict[int, list[int]]) -> int:
-    """Free swap slots on their devices: ns."""
+    """Free device handles (swap slots, copies on byte-addressable nodes),
+    grouped by node, at the current time: ns."""
     cost = 0
     for snid, handles in sorted(by_node.items()):
         snode = mm.nodes[snid]

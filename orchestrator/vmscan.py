@@ -159,8 +159,13 @@ async def shrink_folio_list(
 
 
 async def shrink_node(mm: Mm, nid: int, nr_to_reclaim: int, *, kswapd: bool) -> tuple[int, int]:
-    """Reclaim from every memcg with pages on the node, in turn."""
-    from .zswap import zswap_shrinker_scan
+    """Reclaim from every memcg with pages on the node, in turn.
+
+    As shrink_node_memcgs() does, each cgroup's LRU pass is followed by its
+    share of the memcg-aware shrinkers (shrink_slab()): zswap's, at the
+    priority the pass reached, with the cgroup's deferred work.
+    """
+    from .zswap import zswap_shrinker_memcg
 
     reclaimed = 0
     cost = 0
@@ -168,22 +173,22 @@ async def shrink_node(mm: Mm, nid: int, nr_to_reclaim: int, *, kswapd: bool) -> 
     memcgs = sorted(node.lru)
     if not memcgs:
         return 0, 0
-    hosts = [mm.hosts[h] for h in node.hosts]
     key = "pgscan_kswapd" if kswapd else "pgscan_direct"
-    scanned_before = [h.vmstat[key] for h in hosts]
-    lru_pages = sum(mm.lru.count[i] + mm.lru.count[a] for i, a in node.lru.values())
     share = max(SWAP_CLUSTER_MAX, nr_to_reclaim // len(memcgs))
     for idx in memcgs:
         if reclaimed >= nr_to_reclaim:
             break
-        got, c = await shrink_lruvec(mm, nid, mm.memcgs[idx], share, kswapd=kswapd)
+        memcg = mm.memcgs[idx]
+        host = mm.hosts[memcg.host]
+        inactive, active = node.lru[idx]
+        lru_pages = mm.lru.count[inactive] + mm.lru.count[active]
+        before = host.vmstat[key]
+        got, c = await shrink_lruvec(mm, nid, memcg, share, kswapd=kswapd)
         reclaimed += got
         cost += c
-    # shrink_slab(): the zswap shrinker writes back in proportion to the scan.
-    for host, before in zip(hosts, scanned_before, strict=True):
         scanned = host.vmstat[key] - before
         if scanned:
-            cost += await zswap_shrinker_scan(mm, host, scanned, lru_pages)
+            cost += await zswap_shrinker_memcg(mm, memcg, scanned, lru_pages, got)
     return reclaimed, cost
 
 

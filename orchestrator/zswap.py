@@ -47,7 +47,7 @@ from .migrate import node_call
 from .page_alloc import MAX_RECLAIM_RETRIES
 
 if TYPE_CHECKING:
-    from ._mm import Host, Memcg, Mm
+    from ._mm import Memcg, Mm
 
 PAGE_SIZE = 4096
 # mm/zsmalloc.c for 4 KiB pages
@@ -403,37 +403,6 @@ async def writeback_entry(mm: Mm, zswap: Zswap, page: int, memcg: Memcg) -> tupl
     return True, cost
 
 
-async def shrink_memcg(mm: Mm, zswap: Zswap, memcg_index: int, nr: int) -> tuple[int, int]:
-    """Write back up to nr entries of one cgroup, second chance for referenced ones."""
-    memcg = mm.memcgs[memcg_index]
-    if not memcg.config.zswap_writeback:
-        return 0, 0
-    lru = zswap.lru.get(memcg_index)
-    if not lru:
-        return 0, 0
-    flags = mm.pages.flags
-    done = 0
-    cost = 0
-    scanned = 0
-    limit = 2 * len(lru)
-    while lru and done < nr and scanned < limit:
-        page = next(iter(lru))
-        scanned += 1
-        if flags[page] & F_ZSWAP_REF:
-            flags[page] &= ~F_ZSWAP_REF & 0xFF
-            lru.move_to_end(page)
-            continue
-        if not await mm.policy.zswap_writeback(mm, mm.hosts[zswap.host], page, True):
-            lru.move_to_end(page)
-            continue
-        ok, c = await writeback_entry(mm, zswap, page, memcg)
-        cost += c
-        if not ok:
-            break
-        done += 1
-    return done, cost
-
-
 SHRINK_OK = 0
 SHRINK_NOENT = 1  # -ENOENT: nothing to walk, or writeback disabled
 SHRINK_AGAIN = 2  # -EAGAIN: the entry walked got a second chance instead
@@ -519,25 +488,6 @@ def start_shrink_worker(mm: Mm, zswap: Zswap) -> None:
     mm.sched.after(0, step, "zswap_shrink")
 
 
-async def zswap_shrinker_scan(mm: Mm, host: Host, scanned: int, lru_pages: int) -> int:
-    """The zswap shrinker, run from reclaim when shrinker_enabled (shrink_slab).
-
-    Writes back a share of each cgroup's entries in proportion to the share
-    of the LRU that reclaim just scanned.
-    """
-    zswap = host.zswap
-    if zswap is None or not zswap.tunables.shrinker_enabled or lru_pages <= 0:
-        return 0
-    cost = 0
-    for idx in sorted(zswap.lru):
-        entries = len(zswap.lru[idx])
-        nr = entries * scanned // lru_pages
-        if nr:
-            _, c = await shrink_memcg(mm, zswap, idx, nr)
-            cost += c
-    return cost
-
-
 # mm/vmscan.c: reclaim starts at DEF_PRIORITY; shrink_slab() scans in batches
 # of SHRINK_BATCH; zswap's shrinker has DEFAULT_SEEKS.
 DEF_PRIORITY = 12
@@ -572,7 +522,8 @@ def zswap_shrinker_count(memcg: Memcg, stored: int) -> int:
 async def zswap_shrinker_memcg(
     mm: Mm, memcg: Memcg, scanned: int, lru_pages: int, reclaimed: int
 ) -> int:
-    """The zswap shrinker in a cgroup's own reclaim (memcg-aware shrink_slab()).
+    """The zswap shrinker's share of one cgroup's reclaim (memcg-aware shrink_slab()),
+    in its limit reclaim and in kswapd's and direct reclaim's walk of the cgroups.
 
     do_try_to_free_pages() lowers the priority from DEF_PRIORITY until enough
     is reclaimed and calls shrink_slab() at each one; do_shrink_slab() adds
@@ -620,6 +571,6 @@ __all__ = [
     "ZswapStats",
     "zswap_invalidate",
     "zswap_load",
-    "zswap_shrinker_scan",
+    "zswap_shrinker_memcg",
     "zswap_store",
 ]
