@@ -101,6 +101,9 @@ class Memcg:
     zswap_disk_swapins: int = 0
     # The zswap shrinker's work deferred by do_shrink_slab() (nr_deferred).
     zswap_shrinker_deferred: int = 0
+    # Recent reclaim cost of the cgroup's lruvec on each node, (anon, file)
+    # (lruvec->anon_cost, file_cost): get_scan_count() balances by them.
+    lru_cost: dict[int, tuple[int, int]] = field(default_factory=dict)
     events: dict[str, int] = field(
         default_factory=lambda: {"low": 0, "high": 0, "max": 0, "oom": 0, "oom_kill": 0}
     )

@@ -17,6 +17,14 @@ their memcg, so memcg-limit reclaim gains nothing from them. Pages on a
 compressed node are never demoted further: they are reclaimed to swap
 (mm/cram.c). When the inactive list is small against the active one,
 shrink_active_list() deactivates pages from the active tail.
+
+A cgroup's limit reclaim walks the priorities as do_try_to_free_pages()
+does: each scans lru >> priority pages of every node's lruvec, scaled by
+get_scan_count()'s anon share (cgroup reclaim balances anon against file
+by their recent reclaim cost, lru_note_cost()), then runs the cgroup's
+zswap shrinker at that priority; the walk ends after the priority that
+reached the target. kswapd and direct reclaim take SWAP_CLUSTER_MAX
+batches off each cgroup's lists until the target is met.
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ from ._pages import F_ACTIVE, F_REFERENCED, F_YOUNG, PS_CRAM_RO, PS_MAPPED
 if TYPE_CHECKING:
     from ._mm import Host, Memcg, Mm
 
+DEF_PRIORITY = 12  # reclaim starts scanning lru_size >> 12
+MAX_SWAPPINESS = 200
 KSWAPD_MAX_FAILURES = 16  # MAX_RECLAIM_RETRIES: kswapd gives up after this many idle runs
 
 
@@ -92,7 +102,7 @@ async def shrink_lruvec(
         scanned_total += len(batch)
         host.vmstat.inc("pgscan_kswapd" if kswapd else "pgscan_direct", len(batch))
         cost += len(batch) * mm.costs.reclaim_scan_ns
-        got, c = await shrink_folio_list(
+        got, c, _ = await shrink_folio_list(
             mm, batch, nid, host, inactive, active, kswapd=kswapd, memcg_reclaim=memcg_reclaim
         )
         reclaimed += got
@@ -110,7 +120,8 @@ async def shrink_folio_list(
     *,
     kswapd: bool,
     memcg_reclaim: bool,
-) -> tuple[int, int]:
+) -> tuple[int, int, int]:
+    """shrink_folio_list(): (reclaimed, ns, pages written out)."""
     from .migrate import demote_folio_list
     from .swap import pageout
 
@@ -131,10 +142,11 @@ async def shrink_folio_list(
         flags[page] = f & ~F_REFERENCED & 0xFF
         candidates.append(page)
     if not candidates:
-        return 0, 0
+        return 0, 0, 0
 
     cost = 0
     reclaimed = 0
+    nr_pageout = 0
     node = mm.nodes[nid]
     to_swap = candidates
     if node.kind != NodeKind.CRAM and can_demote(mm, nid, host):
@@ -148,6 +160,7 @@ async def shrink_folio_list(
         done, kept, c = await pageout(mm, to_swap, nid, host)
         cost += c
         reclaimed += len(done)
+        nr_pageout = len(done)
         for page in kept:
             # Could not be swapped (no space, zswap refused without
             # writeback): activate, as shrink_folio_list does on failure.
@@ -155,7 +168,7 @@ async def shrink_folio_list(
                 flags[page] |= F_ACTIVE
                 mm.lru.add_head(active, page)
     host.vmstat.inc("pgsteal_kswapd" if kswapd else "pgsteal_direct", reclaimed)
-    return reclaimed, cost
+    return reclaimed, cost, nr_pageout
 
 
 async def shrink_node(mm: Mm, nid: int, nr_to_reclaim: int, *, kswapd: bool) -> tuple[int, int]:
@@ -206,32 +219,111 @@ async def try_to_free_pages(mm: Mm, host: Host) -> tuple[int, int]:
 
 
 async def try_to_free_mem_cgroup_pages(mm: Mm, memcg: Memcg, nr: int) -> tuple[int, int]:
-    """memcg limit reclaim: the cgroup's own pages, on every node it uses, then
-    the cgroup's share of the shrinkers (zswap's)."""
-    from .zswap import zswap_shrinker_memcg
+    """Limit reclaim of one cgroup: do_try_to_free_pages() for a target memcg.
 
-    host = mm.hosts[memcg.host]
-    scanned_before = host.vmstat["pgscan_direct"]
-    lru_pages = sum(
-        mm.lru.count[i] + mm.lru.count[a]
-        for node in mm.nodes
-        for i, a in [node.lru.get(memcg.index, (-1, -1))]
-        if i >= 0
-    )
+    From DEF_PRIORITY down, each priority scans every node's lruvec of the
+    cgroup (shrink_lruvec() with get_scan_count()'s targets) and then runs
+    the cgroup's shrinkers (zswap's) at that priority; it stops after the
+    first priority that brought the total to nr_to_reclaim (at least
+    SWAP_CLUSTER_MAX). Returns (reclaimed, ns).
+    """
+    from .zswap import zswap_shrink_slab
+
+    nr_to_reclaim = max(nr, SWAP_CLUSTER_MAX)
+    nids = [n for n in range(len(mm.nodes)) if memcg.index in mm.nodes[n].lru]
     reclaimed = 0
     cost = 0
-    for nid in sorted(
-        mm.nodes[n].id for n in range(len(mm.nodes)) if memcg.index in mm.nodes[n].lru
-    ):
-        if reclaimed >= nr:
+    for priority in range(DEF_PRIORITY, -1, -1):
+        for nid in nids:
+            got, c = await shrink_lruvec_memcg(mm, nid, memcg, priority, nr_to_reclaim)
+            reclaimed += got
+            cost += c
+        cost += await zswap_shrink_slab(mm, memcg, priority)
+        if reclaimed >= nr_to_reclaim:
             break
-        got, c = await shrink_lruvec(
-            mm, nid, memcg, nr - reclaimed, kswapd=False, memcg_reclaim=True
-        )
-        reclaimed += got
-        cost += c
-    scanned = host.vmstat["pgscan_direct"] - scanned_before
-    cost += await zswap_shrinker_memcg(mm, memcg, scanned, lru_pages, reclaimed)
+    return reclaimed, cost
+
+
+def anon_scan_fraction(mm: Mm, memcg: Memcg, nid: int) -> tuple[int, int]:
+    """get_scan_count()'s SCAN_FRACT share of anon pages in cgroup reclaim:
+    (numerator, denominator).
+
+    The pressure on each LRU is inversely proportional to the recent cost of
+    reclaiming it (lru_note_cost()), weighted by swappiness; tiersim has no
+    file pages, so their cost is 0 and anon gets 90/510 of its scan target
+    once it has any cost (60/200 before). Cgroup reclaim never takes the
+    file_is_tiny shortcut that root reclaim does.
+    """
+    swappiness = mm.tunables.swappiness
+    anon, file = memcg.lru_cost.get(nid, (0, 0))
+    total = anon + file
+    anon_cost = total + anon
+    file_cost = total + file
+    total_cost = anon_cost + file_cost
+    ap = swappiness * (total_cost + 1) // (anon_cost + 1)
+    fp = (MAX_SWAPPINESS - swappiness) * (total_cost + 1) // (file_cost + 1)
+    return ap, ap + fp
+
+
+def lru_note_cost(mm: Mm, memcg: Memcg, nid: int, nr_io: int, nr_rotated: int) -> None:
+    """lru_note_cost() for anon pages: I/O weighs SWAP_CLUSTER_MAX times a
+    rotation; both costs halve once they exceed a quarter of the lruvec."""
+    cost = nr_io * SWAP_CLUSTER_MAX + nr_rotated
+    if not cost:
+        return
+    anon, file = memcg.lru_cost.get(nid, (0, 0))
+    anon += cost
+    inactive, active = mm.lru_lists(nid, memcg.index)
+    if anon + file > (mm.lru.count[inactive] + mm.lru.count[active]) // 4:
+        anon //= 2
+        file //= 2
+    memcg.lru_cost[nid] = (anon, file)
+
+
+async def shrink_lruvec_memcg(
+    mm: Mm, nid: int, memcg: Memcg, priority: int, nr_to_reclaim: int
+) -> tuple[int, int]:
+    """shrink_lruvec() of one cgroup on one node at one priority: (reclaimed, ns).
+
+    Scan targets are each list's size >> priority, scaled by the anon share
+    (anon_scan_fraction(); the whole list at priority 0). The inactive list
+    is scanned in chunks of SWAP_CLUSTER_MAX, the active list deactivated
+    alongside when the inactive one is low; the pass stops once it alone has
+    reclaimed nr_to_reclaim (so a call reclaims whole chunks, often more
+    than asked), and ends by rebalancing the lists.
+    """
+    inactive, active = mm.lru_lists(nid, memcg.index)
+    host = mm.hosts[memcg.host]
+    count = mm.lru.count
+    may_deactivate = inactive_is_low(mm, inactive, active)
+    targets = [count[inactive] >> priority, count[active] >> priority]
+    if priority:
+        num, den = anon_scan_fraction(mm, memcg, nid)
+        targets = [t * num // den for t in targets]
+    reclaimed = 0
+    cost = 0
+    while targets[0]:
+        chunk = min(targets[0], SWAP_CLUSTER_MAX)
+        targets[0] -= chunk
+        batch = mm.lru.isolate_tail(inactive, chunk)
+        if batch:
+            host.vmstat.inc("pgscan_direct", len(batch))
+            cost += len(batch) * mm.costs.reclaim_scan_ns
+            got, c, nr_pageout = await shrink_folio_list(
+                mm, batch, nid, host, inactive, active, kswapd=False, memcg_reclaim=True
+            )
+            reclaimed += got
+            cost += c
+            lru_note_cost(mm, memcg, nid, nr_pageout, len(batch) - got)
+        if targets[1]:
+            chunk = min(targets[1], SWAP_CLUSTER_MAX)
+            targets[1] -= chunk
+            if may_deactivate:
+                shrink_active_list(mm, host, inactive, active, chunk)
+        if reclaimed >= nr_to_reclaim:
+            break
+    if inactive_is_low(mm, inactive, active):
+        shrink_active_list(mm, host, inactive, active, SWAP_CLUSTER_MAX)
     return reclaimed, cost
 
 

@@ -45,6 +45,7 @@ from .config import ZswapTunables
 from .memcontrol import charge, uncharge
 from .migrate import node_call
 from .page_alloc import MAX_RECLAIM_RETRIES
+from .vmscan import DEF_PRIORITY
 
 if TYPE_CHECKING:
     from ._mm import Memcg, Mm
@@ -488,9 +489,8 @@ def start_shrink_worker(mm: Mm, zswap: Zswap) -> None:
     mm.sched.after(0, step, "zswap_shrink")
 
 
-# mm/vmscan.c: reclaim starts at DEF_PRIORITY; shrink_slab() scans in batches
-# of SHRINK_BATCH; zswap's shrinker has DEFAULT_SEEKS.
-DEF_PRIORITY = 12
+# mm/shrinker.c: shrink_slab() scans in batches of SHRINK_BATCH; zswap's
+# shrinker has DEFAULT_SEEKS.
 SHRINK_BATCH = 128
 DEFAULT_SEEKS = 2
 
@@ -519,19 +519,17 @@ def zswap_shrinker_count(memcg: Memcg, stored: int) -> int:
     return nr_freeable * backing // stored if stored else 0
 
 
-async def zswap_shrinker_memcg(
-    mm: Mm, memcg: Memcg, scanned: int, lru_pages: int, reclaimed: int
-) -> int:
-    """The zswap shrinker's share of one cgroup's reclaim (memcg-aware shrink_slab()),
-    in its limit reclaim and in kswapd's and direct reclaim's walk of the cgroups.
+async def zswap_shrink_slab(mm: Mm, memcg: Memcg, priority: int) -> int:
+    """do_shrink_slab() of zswap's shrinker for one cgroup at one reclaim priority: ns.
 
-    do_try_to_free_pages() lowers the priority from DEF_PRIORITY until enough
-    is reclaimed and calls shrink_slab() at each one; do_shrink_slab() adds
-    (freeable >> priority) * 4 / DEFAULT_SEEKS to the work deferred by earlier
-    calls (>> priority), and walks the zswap LRU only in batches of
-    SHRINK_BATCH, deferring the rest (capped at twice the freeable entries).
-    So while reclaim succeeds at high priorities the shrinker mostly defers;
-    it writes back when reclaim struggles. Returns ns.
+    total_scan = (deferred >> priority) + (freeable >> priority) * 4 /
+    DEFAULT_SEEKS, capped at twice the freeable entries; the zswap LRU is
+    walked in batches of SHRINK_BATCH (a referenced entry is rotated and
+    counts as walked) only while total_scan reaches a batch or all that is
+    freeable. A batch that writes nothing back ends the pass (SHRINK_STOP)
+    uncounted. What is left is deferred to the next call, capped at twice
+    the freeable entries: while reclaim succeeds at high priorities the
+    shrinker mostly defers; it writes back when reclaim has to go deeper.
     """
     host = mm.hosts[memcg.host]
     zswap = host.zswap
@@ -539,30 +537,40 @@ async def zswap_shrinker_memcg(
         return 0
     if not memcg.config.zswap_writeback:
         return 0
+    lru = zswap.lru.get(memcg.index)
+    stored = len(lru) if lru else 0
+    freeable = zswap_shrinker_count(memcg, stored)
+    if not freeable:
+        return 0
+    nr = memcg.zswap_shrinker_deferred
+    memcg.zswap_shrinker_deferred = 0
+    delta = (freeable >> priority) * 4 // DEFAULT_SEEKS
+    total_scan = min((nr >> priority) + delta, 2 * freeable)
+    scanned = 0
+    cost = 0
+    while total_scan >= SHRINK_BATCH or total_scan >= freeable:
+        batch = min(SHRINK_BATCH, total_scan)
+        status, _, c = await shrink_memcg_walk(mm, zswap, memcg.index, batch)
+        cost += c
+        if status != SHRINK_OK:
+            break
+        total_scan -= batch
+        scanned += batch
+    memcg.zswap_shrinker_deferred = min(max(nr + delta - scanned, 0), 2 * freeable)
+    return cost
+
+
+async def zswap_shrinker_memcg(
+    mm: Mm, memcg: Memcg, scanned: int, lru_pages: int, reclaimed: int
+) -> int:
+    """The zswap shrinker's share of one cgroup in kswapd's and direct
+    reclaim's walk of the cgroups (shrink_node_memcgs()): zswap_shrink_slab()
+    at each priority from DEF_PRIORITY down to the one the pass's scan
+    reached. Returns ns."""
     cost = 0
     lowest = reclaim_priority(scanned, lru_pages, reclaimed)
     for priority in range(DEF_PRIORITY, lowest - 1, -1):
-        lru = zswap.lru.get(memcg.index)
-        stored = len(lru) if lru else 0
-        freeable = zswap_shrinker_count(memcg, stored)
-        if not freeable:
-            continue
-        nr = memcg.zswap_shrinker_deferred
-        memcg.zswap_shrinker_deferred = 0
-        delta = (freeable >> priority) * 4 // DEFAULT_SEEKS
-        total_scan = min((nr >> priority) + delta, 2 * freeable)
-        walked = 0
-        while total_scan >= SHRINK_BATCH or total_scan >= freeable:
-            batch = min(SHRINK_BATCH, total_scan)
-            # list_lru_shrink_walk(): a referenced entry is rotated (second
-            # chance) and counts as walked.
-            _, done, c = await shrink_memcg_walk(mm, zswap, memcg.index, batch)
-            cost += c
-            total_scan -= batch
-            walked += batch
-            if done < batch or total_scan <= 0:
-                break
-        memcg.zswap_shrinker_deferred = min(max(nr + delta - walked, 0), 2 * freeable)
+        cost += await zswap_shrink_slab(mm, memcg, priority)
     return cost
 
 
@@ -571,6 +579,7 @@ __all__ = [
     "ZswapStats",
     "zswap_invalidate",
     "zswap_load",
+    "zswap_shrink_slab",
     "zswap_shrinker_memcg",
     "zswap_store",
 ]

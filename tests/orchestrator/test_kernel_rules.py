@@ -367,6 +367,43 @@ def test_memory_max_is_enforced_by_reclaim(simulate: Any) -> None:
     assert vm(doc, "pswpout") > 0
 
 
+def test_memcg_reclaim_walks_priorities_and_reclaims_whole_chunks(simulate: Any) -> None:
+    # do_try_to_free_pages() for a cgroup: each priority scans lru >> priority
+    # (times the anon share), SWAP_CLUSTER_MAX at a time, and stops only after
+    # the priority that reached the target, so calls reclaim more than the
+    # 32 pages a charge asks for, as the kernel's do (32-94, 48 on average,
+    # on the zswap-incomp-wb reference workload).
+    # A sequential scan: no page is used twice, so a reclaimer that stopped
+    # at the first 32 pages would reclaim exactly 32 a call.
+    doc = simulate(**{"cgroups.app.memory_max": "4MiB", "workloads.w.pattern": {"kind": "scan"}})
+    c = cg(doc)
+    calls = c["reclaim_stalls"]
+    assert calls > 0
+    assert vm(doc, "pgsteal_direct") > 32 * calls
+    assert vm(doc, "pgscan_direct") >= vm(doc, "pgsteal_direct")
+
+
+def test_anon_scan_share_follows_reclaim_cost() -> None:
+    from tiersim.orchestrator.vmscan import anon_scan_fraction, lru_note_cost
+
+    memcg = SimpleNamespace(index=0, lru_cost={})
+    lru = SimpleNamespace(count=[3000, 1000])
+    mm = SimpleNamespace(
+        tunables=SimpleNamespace(swappiness=60), lru=lru, lru_lists=lambda nid, idx: (0, 1)
+    )
+    # No cost yet: swappiness alone, 60 / (60 + 140).
+    assert anon_scan_fraction(mm, memcg, 0) == (60, 200)  # type: ignore[arg-type]
+    # Anon reclaim that costs I/O, and no file pages: anon's share drops
+    # towards 90/510.
+    lru_note_cost(mm, memcg, 0, nr_io=20, nr_rotated=10)  # type: ignore[arg-type]
+    assert memcg.lru_cost[0] == (650, 0)
+    num, den = anon_scan_fraction(mm, memcg, 0)  # type: ignore[arg-type]
+    assert 0.17 < num / den < 0.18
+    # Costs halve once they pass a quarter of the lruvec (1000 pages).
+    lru_note_cost(mm, memcg, 0, nr_io=12, nr_rotated=0)  # type: ignore[arg-type]
+    assert memcg.lru_cost[0] == ((650 + 384) // 2, 0)
+
+
 def test_direct_charge_modes_reproduce_the_thrashing_concern(simulate: Any) -> None:
     base = {
         "tunables.zswap.enabled": True,
