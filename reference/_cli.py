@@ -54,12 +54,21 @@ def default_data_path(name: str) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .guest import GuestTrace
     from .record import record, write_json
     from .spec import load_workload
 
     w = load_workload(args.workload)
     if args.runs is not None and args.runs < 1:
         raise ConfigError("must be at least 1", key="--runs")
+    trace = None
+    if args.trace or args.ftrace:
+        if not args.keep:
+            raise ConfigError("traces are written to the --keep directory; give one", key="--trace")
+        try:
+            trace = GuestTrace(events=tuple(args.trace), functions=tuple(args.ftrace))
+        except ValueError as exc:
+            raise ConfigError(str(exc), key="--trace" if args.trace else "--ftrace") from None
     try:
         doc = record(
             w,
@@ -68,6 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             install=not args.no_install,
             keep=Path(args.keep) if args.keep else None,
             progress=_progress(args.quiet),
+            trace=trace,
         )
     except HarnessError as exc:
         print(f"tiersim: error: {exc}", file=sys.stderr)
@@ -197,6 +207,21 @@ def register(subparsers: Any) -> None:
     run.add_argument("--out", help="write the recording here (default: print it)")
     run.add_argument("--timeout", type=float, default=None, help="seconds allowed per boot")
     run.add_argument("--keep", metavar="DIR", help="keep images and console logs in DIR")
+    run.add_argument(
+        "--trace",
+        metavar="EVENT",
+        action="append",
+        default=[],
+        help="enable a kernel tracepoint (vmscan:mm_vmscan_memcg_reclaim_end) during the "
+        "workload; each boot's trace goes to DIR/trace-N.txt (needs --keep)",
+    )
+    run.add_argument(
+        "--ftrace",
+        metavar="FUNCTION",
+        action="append",
+        default=[],
+        help="trace calls of a kernel function (shrink_memcg) likewise",
+    )
     run.add_argument(
         "--no-install", action="store_true", help="never apt-get install missing tools"
     )

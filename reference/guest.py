@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -40,7 +41,68 @@ def _limit(value: int | None) -> str:
     return "max" if value is None else str(value)
 
 
-def init_script(w: ReferenceWorkload, modules: Sequence[str]) -> str:
+TRACEFS = "/sys/kernel/tracing"
+_EVENT_RE = re.compile(r"^[a-z0-9_]+:[a-z0-9_]+$")
+_FUNCTION_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+
+
+@dataclass(frozen=True)
+class GuestTrace:
+    """Kernel tracing during the workload, for looking at what the counters sum up.
+
+    ``events`` are tracepoints (``vmscan:mm_vmscan_memcg_reclaim_end``),
+    ``functions`` kernel functions for the function tracer
+    (``shrink_memcg``); names the kernel does not know are skipped, and the
+    ``trace-available`` section of the report lists those it found. The trace
+    buffer is read once the workload is done, into the report's ``trace``
+    section (`trace_section`).
+    """
+
+    events: tuple[str, ...] = ()
+    functions: tuple[str, ...] = ()
+    buffer_kb: int = 32768
+
+    def __post_init__(self) -> None:
+        for name in self.events:
+            if not _EVENT_RE.match(name):
+                raise ValueError(f"not a tracepoint name (subsystem:event): {name!r}")
+        for name in self.functions:
+            if not _FUNCTION_RE.match(name):
+                raise ValueError(f"not a kernel function name: {name!r}")
+        if self.buffer_kb < 64:
+            raise ValueError(f"trace buffer must be at least 64 KiB, got {self.buffer_kb}")
+
+    def start_lines(self) -> list[str]:
+        lines = [
+            f"mount -t tracefs nodev {TRACEFS} 2>/dev/null",
+            f"echo {self.buffer_kb} > {TRACEFS}/buffer_size_kb",
+        ]
+        found = []
+        for name in self.events:
+            path = f"{TRACEFS}/events/{name.replace(':', '/')}/enable"
+            lines.append(f"[ -f {path} ] && echo 1 > {path}")
+            found.append(f"[ -f {path} ] && echo event {name}")
+        if self.functions:
+            for name in self.functions:
+                lines.append(f"echo {name} >> {TRACEFS}/set_ftrace_filter 2>/dev/null")
+                found.append(f"grep -qx {name} {TRACEFS}/set_ftrace_filter && echo function {name}")
+            lines.append(f"echo function > {TRACEFS}/current_tracer")
+        lines.append("{ " + "; ".join([*found, "true"]) + "; } | sec trace-available")
+        lines.append(f"echo 1 > {TRACEFS}/tracing_on")
+        return lines
+
+    def stop_lines(self) -> list[str]:
+        return [f"echo 0 > {TRACEFS}/tracing_on", f"cat {TRACEFS}/trace | sec trace"]
+
+
+def trace_section(report_text: str) -> str:
+    """The ``trace`` section of a report (the kernel's trace buffer), or ''."""
+    return "\n".join(parse_sections(report_text).get("trace", []))
+
+
+def init_script(
+    w: ReferenceWorkload, modules: Sequence[str], trace: GuestTrace | None = None
+) -> str:
     """The guest's /init: set the machine up as `w` says, run, report, power off.
 
     Order matters: swap and zswap must be configured before the workload
@@ -117,6 +179,7 @@ def init_script(w: ReferenceWorkload, modules: Sequence[str]) -> str:
         "cat /proc/pagetypeinfo 2>/dev/null | sec pagetypeinfo-start",
         "cat /proc/zoneinfo | sec zoneinfo-start",
         "kv /sys/kernel/debug/zswap/* | sec zswap-start",
+        *(trace.start_lines() if trace else []),
         "mkfifo /run/ctl",
         f"sh -c 'echo $$ > {CGROUP}/cgroup.procs && "
         f"exec /workload /dev/vda {CGROUP}/memory.current 3>/run/ctl' > /run/workload.out 2>&1 &",
@@ -138,6 +201,7 @@ def init_script(w: ReferenceWorkload, modules: Sequence[str]) -> str:
         "grep -E '^(Zswap|Zswapped|SwapTotal|SwapFree):' /proc/meminfo"
         " | sed 's/: */ /; s/ kB//' | sec meminfo-swap",
         "cat /run/workload.out | sec workload",
+        *(trace.stop_lines() if trace else []),
         "kill -9 $WL 2>/dev/null",
         "dmesg | grep -iE 'oom|killed process|zswap|error|warn|Memory:|IO TLB|crashkernel"
         "|node [01]' | tail -n 60 | sec dmesg",

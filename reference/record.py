@@ -44,7 +44,15 @@ from pathlib import Path
 from typing import Any
 
 from .errors import GuestError, HarnessError
-from .guest import BootFiles, init_script, parse_report, qemu_command, run_qemu
+from .guest import (
+    BootFiles,
+    GuestTrace,
+    init_script,
+    parse_report,
+    qemu_command,
+    run_qemu,
+    trace_section,
+)
 from .image import Plan, build_initramfs, plan_workload, write_data_disk
 from .kernel import Kernel, cache_root, fetch_kernel, resolve_modules
 from .spec import ReferenceWorkload
@@ -108,6 +116,7 @@ def prepare(
     series: str | None = None,
     cache: Path | None = None,
     progress: Progress = _quiet,
+    trace: GuestTrace | None = None,
 ) -> Prepared:
     cache = cache or cache_root()
     progress("checking tools")
@@ -117,7 +126,7 @@ def prepare(
     progress(f"kernel {kernel.release}; building the guest workload")
     binary = build_workload(tools.gcc, cache / "build")
     modules = resolve_modules(kernel.modules_dir, MODULES, optional=OPTIONAL_MODULES)
-    script = init_script(w, [name for name, _ in modules])
+    script = init_script(w, [name for name, _ in modules], trace)
     initramfs = workdir / "initramfs.cpio"
     initramfs.write_bytes(
         build_initramfs(
@@ -251,8 +260,15 @@ def record(
     series: str | None = None,
     keep: Path | None = None,
     progress: Progress = _quiet,
+    trace: GuestTrace | None = None,
 ) -> dict[str, Any]:
-    """Boot the kernel `runs` times on workload `w` and return the data document."""
+    """Boot the kernel `runs` times on workload `w` and return the data document.
+
+    With `trace` (which needs `keep`), each boot's kernel trace is written to
+    ``trace-<run>.txt`` in the kept directory.
+    """
+    if trace is not None and keep is None:
+        raise HarnessError("tracing needs a directory to keep the traces in (keep)")
     runs = runs or w.runs
     timeout_s = timeout_s or w.timeout_s
     cache = cache_root()
@@ -263,7 +279,9 @@ def record(
         (cache / "work").mkdir(parents=True, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix=f"{w.name}-", dir=cache / "work"))
     try:
-        prepared = prepare(w, workdir, install=install, series=series, progress=progress)
+        prepared = prepare(
+            w, workdir, install=install, series=series, progress=progress, trace=trace
+        )
         reports = []
         for i in range(runs):
             progress(f"run {i + 1}/{runs}: booting {prepared.kernel.release}")
@@ -275,6 +293,10 @@ def record(
                 f"pgdemote_kswapd {rep['vmstat'].get('pgdemote_kswapd', 0)})"
             )
             reports.append(rep)
+            if trace is not None:
+                report = workdir / f"report-{i}.txt"
+                text = report.read_bytes().decode(errors="replace")
+                (workdir / f"trace-{i}.txt").write_text(trace_section(text) + "\n")
         return aggregate(w, reports, prepared)
     finally:
         if keep is None:

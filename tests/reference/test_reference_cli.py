@@ -65,3 +65,23 @@ def test_compare_needs_a_recording(tmp_path: Path, capsys: pytest.CaptureFixture
     bad.write_text(json.dumps({"something": 1}))
     assert main(["reference", "compare", str(path), "--data", str(bad)]) == 2
     assert "not a reference recording" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--trace", "vmscan:mm_vmscan_kswapd_wake"],
+            "[--trace]: traces are written to the --keep",
+        ),
+        (["--keep", "DIR", "--trace", "kswapd wake"], "[--trace]: not a tracepoint name"),
+        (["--keep", "DIR", "--ftrace", "a;b"], "[--ftrace]: not a kernel function name"),
+    ],
+)
+def test_run_trace_options_are_checked_before_anything_boots(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    args = [str(tmp_path / "keep") if a == "DIR" else a for a in args]
+    assert main(["reference", "run", "zswap-text", *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "keep").exists()

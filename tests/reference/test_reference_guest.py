@@ -14,10 +14,12 @@ from tiersim.reference.guest import (
     END,
     TAIL,
     BootFiles,
+    GuestTrace,
     init_script,
     parse_report,
     qemu_command,
     run_qemu,
+    trace_section,
 )
 from tiersim.reference.spec import parse_workload
 
@@ -187,3 +189,51 @@ def test_qemu_error_is_reported(tmp_path: Path) -> None:
 def test_missing_qemu(tmp_path: Path) -> None:
     with pytest.raises(ToolError, match="not found"):
         run_qemu([str(tmp_path / "no-such-qemu")], 10, tmp_path / "console.log")
+
+
+def test_guest_trace_lines_bracket_the_workload() -> None:
+    trace = GuestTrace(events=("vmscan:mm_vmscan_memcg_reclaim_end",), functions=("shrink_memcg",))
+    s = init_script(parse_workload(MINIMAL), [], trace)
+    lines = s.splitlines()
+    enable = lines.index(
+        "[ -f /sys/kernel/tracing/events/vmscan/mm_vmscan_memcg_reclaim_end/enable ] "
+        "&& echo 1 > /sys/kernel/tracing/events/vmscan/mm_vmscan_memcg_reclaim_end/enable"
+    )
+    tracer = lines.index("echo function > /sys/kernel/tracing/current_tracer")
+    start = next(i for i, line in enumerate(lines) if "exec /workload" in line)
+    dump = lines.index("cat /sys/kernel/tracing/trace | sec trace")
+    workload_out = lines.index("cat /run/workload.out | sec workload")
+    assert enable < tracer < start < workload_out < dump
+    assert "echo shrink_memcg >> /sys/kernel/tracing/set_ftrace_filter 2>/dev/null" in lines
+    # Without tracing the script does not touch tracefs.
+    assert "tracing" not in init_script(parse_workload(MINIMAL), [])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"events": ("mm_vmscan_kswapd_wake",)}, "not a tracepoint name"),
+        ({"events": ("vmscan:x; reboot",)}, "not a tracepoint name"),
+        ({"functions": ("f$(id)",)}, "not a kernel function name"),
+        ({"buffer_kb": 1}, "at least 64 KiB"),
+    ],
+)
+def test_guest_trace_refuses_names_it_cannot_pass_to_the_shell(
+    kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        GuestTrace(**kwargs)  # type: ignore[arg-type]
+
+
+def test_trace_section_is_read_from_the_report() -> None:
+    text = _report(**GOOD, trace=["# tracer: function", "  workload-1 [000] 1.0: shrink_memcg"])
+    assert trace_section(text).splitlines()[1].endswith("shrink_memcg")
+    assert trace_section(_report(**GOOD)) == ""
+
+
+def test_recording_with_a_trace_needs_a_directory_to_keep_it() -> None:
+    from tiersim.reference.errors import HarnessError
+    from tiersim.reference.record import record
+
+    with pytest.raises(HarnessError, match="keep"):
+        record(parse_workload(MINIMAL), trace=GuestTrace(events=("vmscan:x",)))
