@@ -297,9 +297,14 @@ async def shrink_lruvec_memcg(
     count = mm.lru.count
     may_deactivate = inactive_is_low(mm, inactive, active)
     targets = [count[inactive] >> priority, count[active] >> priority]
-    if priority:
+    if mm.tunables.swappiness == 0:
+        # Cgroup reclaim with swappiness 0 scans file pages only (SCAN_FILE),
+        # at every priority: a cgroup of anon pages cannot reclaim.
+        targets = [0, 0]
+    elif priority:
         num, den = anon_scan_fraction(mm, memcg, nid)
         targets = [t * num // den for t in targets]
+    # At priority 0 both kinds are scanned whole (SCAN_EQUAL).
     reclaimed = 0
     cost = 0
     while targets[0]:

@@ -383,6 +383,16 @@ def test_memcg_reclaim_walks_priorities_and_reclaims_whole_chunks(simulate: Any)
     assert vm(doc, "pgscan_direct") >= vm(doc, "pgsteal_direct")
 
 
+def test_cgroup_reclaim_with_swappiness_0_cannot_reclaim_anon(simulate: Any) -> None:
+    # get_scan_count(): cgroup reclaim with swappiness 0 scans file pages
+    # only; a cgroup of anon pages over memory.max goes OOM.
+    base = {"cgroups.app.memory_max": "4MiB"}
+    zero = simulate(**base, **{"tunables.swappiness": 0})
+    assert cg(zero)["memory.events"]["oom"] >= 1
+    assert vm(zero, "pgscan_direct") == 0 and vm(zero, "pswpout") == 0
+    assert cg(simulate(**base))["memory.events"]["oom"] == 0
+
+
 def test_anon_scan_share_follows_reclaim_cost() -> None:
     from tiersim.orchestrator.vmscan import anon_scan_fraction, lru_note_cost
 
