@@ -18,8 +18,6 @@ from tiersim.orchestrator.config import PolicyConfig
 from tiersim.orchestrator.engine import run
 from tiersim.v1 import policy_pb2 as ppb
 
-pytestmark = pytest.mark.asyncio
-
 
 async def _connect_raw(address: str, *messages: bytes) -> tuple[grpc.StatusCode, str, list[Any]]:
     """Send raw messages on Connect; how the stream ended and what came back."""
@@ -60,6 +58,7 @@ PROMO = ppb.DECISION_KIND_PROMOTION
     ],
     ids=["garbage", "reply-first", "no-kinds", "unknown-kind", "long-name", "twice", "junk-later"],
 )
+@pytest.mark.asyncio
 async def test_protocol_errors_have_precise_codes(
     messages: list[bytes], code: grpc.StatusCode, detail: str
 ) -> None:
@@ -75,6 +74,7 @@ async def test_protocol_errors_have_precise_codes(
         assert not h.hub.sessions
 
 
+@pytest.mark.asyncio
 async def test_registration_is_answered_and_deduplicated() -> None:
     async with (
         policy_hub() as h,
@@ -90,6 +90,7 @@ async def test_registration_is_answered_and_deduplicated() -> None:
         assert agent.registered.session_id in h.hub.sessions
 
 
+@pytest.mark.asyncio
 async def test_a_connection_that_never_registers_is_closed() -> None:
     async with (
         policy_hub(register_timeout_s=0.2) as h,
@@ -101,6 +102,7 @@ async def test_a_connection_that_never_registers_is_closed() -> None:
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+@pytest.mark.asyncio
 async def test_connections_are_limited() -> None:
     async with policy_hub(max_sessions=2) as h:
         async with (
@@ -119,6 +121,7 @@ async def test_connections_are_limited() -> None:
             assert agent.registered is not None
 
 
+@pytest.mark.asyncio
 async def test_subscribe_to_an_unknown_run_is_not_found() -> None:
     async with policy_hub() as h, grpc.aio.insecure_channel(h.address) as channel:
         call: Any = channel.unary_stream(
@@ -129,6 +132,7 @@ async def test_subscribe_to_an_unknown_run_is_not_found() -> None:
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+@pytest.mark.asyncio
 async def test_standalone_listener_serves_an_agent_and_its_events(tmp_path: Path) -> None:
     """Under `tiersim run` the policy listens itself; agents find it by the address file."""
     addr_file = tmp_path / "agent.addr"
@@ -170,6 +174,7 @@ async def test_standalone_listener_serves_an_agent_and_its_events(tmp_path: Path
     assert seqs == sorted(seqs)
 
 
+@pytest.mark.asyncio
 async def test_standalone_listener_refuses_the_network_without_authentication() -> None:
     cfg = config(TIERING, "agent", listen="0.0.0.0:0", connect_timeout="1s")
     with pytest.raises(Exception, match=r"refusing to listen on 0\.0\.0\.0"):

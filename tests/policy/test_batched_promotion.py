@@ -15,8 +15,6 @@ from tiersim.orchestrator.engine import run
 from tiersim.orchestrator.scenario import loads_scenario
 from tiersim.v1 import policy_pb2 as ppb
 
-pytestmark = pytest.mark.asyncio
-
 BATCHED = TIERING.replace(
     "scan_period_min_ms = 20\n", "scan_period_min_ms = 20\npromote_batch = 16\n"
 )
@@ -41,6 +39,7 @@ class Recording(policy_module.Policy):
         return list(default)
 
 
+@pytest.mark.asyncio
 async def test_the_engine_asks_once_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(policy_module.BUILTIN, "recording", Recording)
     Recording.batches, Recording.singles = [], 0
@@ -56,6 +55,7 @@ async def test_the_engine_asks_once_per_batch(monkeypatch: pytest.MonkeyPatch) -
     assert vm["numa_hint_faults"] >= sum(Recording.batches)
 
 
+@pytest.mark.asyncio
 async def test_a_policy_defining_only_promotion_works_batched() -> None:
     """The default promotion_batch asks promotion page by page: the kernel policy unchanged."""
     kernel = await run(config(BATCHED))
@@ -66,6 +66,7 @@ async def test_a_policy_defining_only_promotion_works_batched() -> None:
     assert comparable(kernel) != comparable(per_fault)
 
 
+@pytest.mark.asyncio
 async def test_an_agent_answers_a_batch_in_one_request() -> None:
     kernel = await run(config(BATCHED))
 

@@ -29,7 +29,7 @@ EXAMPLE = ROOT / "examples" / "policies" / "promote_twice.py"
 VARIANT = "hint faults, 1000 ms"
 SHORTER = 'scenario.duration="2s"'
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 def vm(run: dict[str, Any], name: str) -> int:
@@ -48,6 +48,7 @@ async def _submit_and_wait(stub: opb_grpc.OrchestratorStub, *sets: str) -> dict[
     return runs[0]
 
 
+@pytest.mark.asyncio
 async def test_example_agent_promotes_less_than_the_kernel() -> None:
     async with OrchestratorServer(port=0) as server:
         agent = await asyncio.create_subprocess_exec(
