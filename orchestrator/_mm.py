@@ -101,6 +101,10 @@ class Memcg:
     zswap_disk_swapins: int = 0
     # The zswap shrinker's work deferred by do_shrink_slab() (nr_deferred).
     zswap_shrinker_deferred: int = 0
+    # MEMCG_ZSWAPPED and MEMCG_ZSWAP_B as last flushed (memcontrol.py,
+    # flush_memcg_stats_dwork): what zswap_shrinker_count() reads.
+    zswap_stat_stored: int = 0
+    zswap_stat_bytes: int = 0
     # Recent reclaim cost of the cgroup's lruvec on each node, (anon, file)
     # (lruvec->anon_cost, file_cost): get_scan_count() balances by them.
     lru_cost: dict[int, tuple[int, int]] = field(default_factory=dict)

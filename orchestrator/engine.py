@@ -30,6 +30,7 @@ from ._pages import STATE_NAMES
 from ._sched import Scheduler
 from .config import NodeConfig, RunConfig
 from .content import make_content
+from .memcontrol import start_stats_flusher
 from .memory import run_step
 from .memory_tiers import (
     LOCAL_DISTANCE,
@@ -274,6 +275,8 @@ class Simulation:
             mm.sched.at(proc.config.start_ns, first_step, f"proc{proc.index}")
             if tiering_mode(mm) or cfg.tunables.numa.numa_balancing & 1:
                 start_scanner(mm, proc)
+        if any(h.zswap is not None and h.zswap.tunables.shrinker_enabled for h in mm.hosts):
+            start_stats_flusher(mm)
         for at_ns, name, action in cfg.faults:
             client = self._killable[name]
 

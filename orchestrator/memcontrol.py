@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from ._mm import Memcg, Mm
 
 PAGE_SIZE = 4096
+# mm/memcontrol.c: flush_memcg_stats_dwork refreshes the statistics readers
+# see every FLUSH_TIME (2 * HZ).
+FLUSH_TIME_NS = 2_000_000_000
 
 
 def charge(memcg: Memcg, nbytes: int) -> None:
@@ -68,3 +71,30 @@ async def handle_over_high(mm: Mm, memcg: Memcg) -> int:
     need = (memcg.current - high + PAGE_SIZE - 1) // PAGE_SIZE
     _, cost = await try_to_free_mem_cgroup_pages(mm, memcg, need)
     return cost
+
+
+def flush_memcg_stats(mm: Mm) -> None:
+    """Publish each cgroup's zswap statistics (css_rstat_flush()).
+
+    Readers of memcg_page_state() see the values of the last flush. A trace of
+    the reference kernel (memcg:memcg_flush_stats) shows only the periodic
+    flush of flush_memcg_stats_dwork, every 2 s, and the zswap shrinker
+    counting nothing for the cgroup until the first flush after its pool
+    filled: zswap_shrinker_count() reads MEMCG_ZSWAPPED and MEMCG_ZSWAP_B.
+    """
+    for memcg in mm.memcgs:
+        zswap = mm.hosts[memcg.host].zswap
+        lru = zswap.lru.get(memcg.index) if zswap is not None else None
+        memcg.zswap_stat_stored = len(lru) if lru else 0
+        memcg.zswap_stat_bytes = memcg.zswap_current
+
+
+def start_stats_flusher(mm: Mm) -> None:
+    """flush_memcg_stats_dwork: flush every FLUSH_TIME_NS until the run ends."""
+
+    async def work() -> None:
+        flush_memcg_stats(mm)
+        if not mm.stopped and not all(p.done for p in mm.procs):
+            mm.sched.after(FLUSH_TIME_NS, work, "memcg_flush_stats")
+
+    mm.sched.after(FLUSH_TIME_NS, work, "memcg_flush_stats")

@@ -215,9 +215,9 @@ async def zswap_store(
     # 3. per-cgroup limit
     if memcg.config.zswap_max is not None and memcg.zswap_current >= memcg.config.zswap_max:
         # zswap_store(): at memory.zswap.max, shrink_memcg() walks up to
-        # SHRINK_MEMCG_WALK entries of the cgroup; if none is written back
-        # (all referenced, or writeback off) the store is rejected.
-        status, _, c = await shrink_memcg_walk(mm, zswap, memcg.index, SHRINK_MEMCG_WALK)
+        # SHRINK_MEMCG_WALK_STORE entries of the cgroup; if none is written
+        # back (all referenced, or writeback off) the store is rejected.
+        status, _, c = await shrink_memcg_walk(mm, zswap, memcg.index, SHRINK_MEMCG_WALK_STORE)
         cost += c
         if status != SHRINK_OK:
             return False, cost
@@ -403,10 +403,13 @@ async def writeback_entry(mm: Mm, zswap: Zswap, page: int, memcg: Memcg) -> tupl
     return True, cost
 
 
-# Entries shrink_memcg() walks a call. A function trace of the reference
-# kernel (7.3) under the zswap-pool-limit workload counted 25,632
-# shrink_memcg_cb() calls from 1,602 shrink_memcg() calls: 16 each, always.
-SHRINK_MEMCG_WALK = 16
+# Entries shrink_memcg() walks a call, as function traces of the reference
+# kernel (7.3) count them (`tiersim reference run --ftrace shrink_memcg
+# --ftrace shrink_memcg_cb`): from zswap_store() at memory.zswap.max, 32
+# (zswap-random: 504 calls, 16,128 entries); from shrink_worker(), 16
+# (zswap-pool-limit: 1,602 calls, 25,632 entries).
+SHRINK_MEMCG_WALK_STORE = 32
+SHRINK_MEMCG_WALK_WORKER = 16
 
 SHRINK_OK = 0
 SHRINK_NOENT = 1  # -ENOENT: nothing to walk, or writeback disabled
@@ -462,7 +465,7 @@ def start_shrink_worker(mm: Mm, zswap: Zswap) -> None:
     """shrink_worker(): write back, round-robin over cgroups, to the accept threshold.
 
     Each step is shrink_memcg() on the next cgroup: a walk of up to
-    SHRINK_MEMCG_WALK entries of its zswap LRU, rotating referenced ones
+    SHRINK_MEMCG_WALK_WORKER entries of its zswap LRU, rotating referenced ones
     (second chance) and writing back the others. The worker stops after
     MAX_RECLAIM_RETRIES walks that wrote nothing back.
     """
@@ -482,7 +485,7 @@ def start_shrink_worker(mm: Mm, zswap: Zswap) -> None:
             return
         idx = memcgs[zswap.next_memcg % len(memcgs)]
         zswap.next_memcg += 1
-        status, _, cost = await shrink_memcg_walk(mm, zswap, idx, SHRINK_MEMCG_WALK)
+        status, _, cost = await shrink_memcg_walk(mm, zswap, idx, SHRINK_MEMCG_WALK_WORKER)
         if status == SHRINK_AGAIN:
             failures += 1
             if failures >= MAX_RECLAIM_RETRIES:
@@ -513,14 +516,20 @@ def reclaim_priority(scanned: int, lru_pages: int, reclaimed: int) -> int:
     return 0
 
 
-def zswap_shrinker_count(memcg: Memcg, stored: int) -> int:
-    """zswap_shrinker_count(): the cgroup's entries, less those protected by
-    recent swap-ins from disk, scaled by the pool pages per entry."""
-    protected = min(stored, memcg.zswap_disk_swapins)
+def zswap_shrinker_count(memcg: Memcg, on_lru: int) -> int:
+    """zswap_shrinker_count(): the cgroup's entries on the zswap LRU, less
+    those protected by recent swap-ins from disk, scaled by the pool pages per
+    entry. The scale comes from the cgroup's statistics as last flushed
+    (MEMCG_ZSWAP_B >> PAGE_SHIFT over MEMCG_ZSWAPPED): nothing is counted
+    before the first flush that saw the pool."""
+    nr_stored = memcg.zswap_stat_stored
+    if not nr_stored or not on_lru:
+        return 0
+    protected = min(on_lru, memcg.zswap_disk_swapins)
     memcg.zswap_disk_swapins -= protected
-    nr_freeable = stored - protected
-    backing = min(stored, -(-memcg.zswap_current // PAGE_SIZE))
-    return nr_freeable * backing // stored if stored else 0
+    nr_freeable = on_lru - protected
+    nr_backing = memcg.zswap_stat_bytes // PAGE_SIZE
+    return nr_freeable * nr_backing // nr_stored
 
 
 async def zswap_shrink_slab(mm: Mm, memcg: Memcg, priority: int) -> int:

@@ -105,6 +105,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
             "workload file; re-record it",
             file=sys.stderr,
         )
+    lru_gen = data.get("guest", {}).get("lru_gen")
+    if not args.quiet and not w.tunables.lru_gen and lru_gen not in ("0x0000", None):
+        print(
+            f"reference: warning: {data_path} was recorded with the multi-gen LRU on "
+            f"(lru_gen {lru_gen}); tiersim models the active/inactive LRU: re-record it",
+            file=sys.stderr,
+        )
     results = run_tiersim(w, data, guest_time=args.guest_time)
     ts = tiersim_counters(results)
     rows = compare(data, ts, workload=w)

@@ -31,6 +31,7 @@ END = "===TIERSIM END "
 TAIL = "==="
 CGROUP = "/sys/fs/cgroup/ref"
 ZSWAP_PARAMS = "/sys/module/zswap/parameters"
+LRU_GEN = "/sys/kernel/mm/lru_gen/enabled"
 
 
 def _yn(flag: bool) -> str:
@@ -168,6 +169,10 @@ def init_script(
         " || fail memory.zswap.writeback",
         "sync; echo 3 > /proc/sys/vm/drop_caches",
         f"kv {ZSWAP_PARAMS}/* | sec params",
+        # Which LRU the kernel reclaims with: the multi-gen LRU or the
+        # active/inactive lists tiersim models (tunables.lru_gen).
+        f"[ -f {LRU_GEN} ] && echo {_yn(t.lru_gen).lower()} > {LRU_GEN}",
+        f"echo lru_gen $(cat {LRU_GEN} 2>/dev/null || echo absent) | sec mm",
         "for t in /sys/devices/virtual/memory_tiering/memory_tier*; do "
         '[ -d "$t" ] && echo "${t##*/} $(cat $t/nodelist)"; done | sec tiers',
         "for n in /sys/devices/system/node/node[0-9]*; do "
@@ -439,6 +444,7 @@ def parse_report(text: str, console: str = "") -> dict[str, object]:
         },
         "tiers": parse_kv_text(sec.get("tiers", [])),
         "params": parse_kv_text(sec.get("params", [])),
+        "mm": parse_kv_text(sec.get("mm", [])),
         "workload": workload,
         "progress_ns": progress,
         "dmesg": sec.get("dmesg", []),

@@ -217,6 +217,9 @@ def aggregate(
                 k: _range([int(rep["meminfo"].get(k, 0)) for rep in reports]) for k in meminfo_keys
             },
             "tiers": reports[0].get("tiers", {}),
+            # /sys/kernel/mm/lru_gen/enabled during the runs (0x0000: the
+            # active/inactive LRU that tiersim models).
+            "lru_gen": reports[0].get("mm", {}).get("lru_gen", "?"),
             "elapsed_ns": _range(
                 [
                     int(rep["workload"]["elapsed_ns"])

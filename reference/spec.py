@@ -62,7 +62,13 @@ _SCHEMA: dict[str, Any] = {
         "accept_threshold_percent",
         "shrinker_enabled",
     },
-    "tunables": {"demotion_enabled", "numa_balancing", "swappiness", "watermark_scale_factor"},
+    "tunables": {
+        "demotion_enabled",
+        "numa_balancing",
+        "swappiness",
+        "watermark_scale_factor",
+        "lru_gen",
+    },
     "cgroup": {"memory_max", "memory_high", "zswap_max", "zswap_writeback"},
     "workload": {"footprint", "content", "order", "passes", "op", "pattern", "accesses"},
 }
@@ -102,6 +108,9 @@ class TunableSpec:
     numa_balancing: int = 0
     swappiness: int = 60
     watermark_scale_factor: int = 10
+    # The multi-gen LRU. Debian's kernel turns it on; tiersim reclaims from
+    # the active/inactive lists, so the guest is recorded with it off.
+    lru_gen: bool = False
 
 
 @dataclass(frozen=True)
@@ -392,6 +401,7 @@ def parse_workload(text: str, source: str | None = None) -> ReferenceWorkload:
         numa_balancing=r.integer("tunables.numa_balancing", 0, 0, 3),
         swappiness=r.integer("tunables.swappiness", 60, 0, 200),
         watermark_scale_factor=r.integer("tunables.watermark_scale_factor", 10, 1, 3000),
+        lru_gen=r.boolean("tunables.lru_gen", False),
     )
     if (tunables.demotion_enabled or tunables.numa_balancing & 2) and len(nodes) < 2:
         key = (

@@ -151,8 +151,11 @@ def _limit(v: int | None) -> str | int:
 
 def use_guest_time(w: ReferenceWorkload, guest_time: bool | None) -> bool:
     """Pace by the guest's clock by default only where time drives the outcome:
-    NUMA balancing (scan periods, hint-fault latency against hot_threshold_ms)."""
-    return bool(w.tunables.numa_balancing) if guest_time is None else guest_time
+    NUMA balancing (scan periods, hint-fault latency against hot_threshold_ms)
+    and the zswap shrinker (it counts from cgroup statistics flushed every 2 s)."""
+    if guest_time is not None:
+        return guest_time
+    return bool(w.tunables.numa_balancing) or w.zswap.shrinker_enabled
 
 
 def to_scenario(

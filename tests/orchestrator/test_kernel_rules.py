@@ -393,6 +393,30 @@ def test_cgroup_reclaim_with_swappiness_0_cannot_reclaim_anon(simulate: Any) -> 
     assert cg(simulate(**base))["memory.events"]["oom"] == 0
 
 
+def test_zswap_shrinker_counts_from_flushed_cgroup_statistics(simulate: Any) -> None:
+    # zswap_shrinker_count() reads MEMCG_ZSWAPPED and MEMCG_ZSWAP_B, which
+    # readers see as of the last periodic flush (every 2 s): in a run that
+    # ends before the first flush the shrinker finds nothing to count.
+    base = {
+        "tunables.zswap.enabled": True,
+        "tunables.zswap.max_pool_percent": 50,
+        "tunables.zswap.shrinker_enabled": True,
+        "scenario.duration": "10s",
+    }
+    short = simulate(
+        **base,
+        **{"workloads.w.pattern": {"kind": "uniform", "write_ratio": 0.2, "think": "50us"}},
+    )
+    assert short["sim_time_ns"] < 2_000_000_000
+    assert vm(short, "zswpout") > 0 and vm(short, "zswpwb") == 0
+    long = simulate(
+        **base,
+        **{"workloads.w.pattern": {"kind": "uniform", "write_ratio": 0.2, "think": "100us"}},
+    )
+    assert long["sim_time_ns"] > 2_000_000_000
+    assert vm(long, "zswpwb") > 0
+
+
 def test_anon_scan_share_follows_reclaim_cost() -> None:
     from tiersim.orchestrator.vmscan import anon_scan_fraction, lru_note_cost
 
@@ -432,7 +456,14 @@ def test_direct_charge_modes_reproduce_the_thrashing_concern(simulate: Any) -> N
 
 
 def test_zswap_shrinker_writes_back_under_reclaim(simulate: Any) -> None:
-    base = {"tunables.zswap.enabled": True, "tunables.zswap.max_pool_percent": 50}
+    # 30,000 accesses 100 us apart: three seconds, past the first flush of
+    # the cgroup statistics the shrinker counts from (2 s).
+    base = {
+        "tunables.zswap.enabled": True,
+        "tunables.zswap.max_pool_percent": 50,
+        "scenario.duration": "10s",
+        "workloads.w.pattern": {"kind": "uniform", "write_ratio": 0.2, "think": "100us"},
+    }
     off = simulate(**base)
     on = simulate(**base, **{"tunables.zswap.shrinker_enabled": True})
     # Without the shrinker, writeback only happens at the pool limit.
@@ -455,14 +486,18 @@ def test_reclaim_priority_follows_the_scan() -> None:
 def test_zswap_shrinker_runs_in_the_cgroups_own_reclaim(simulate: Any) -> None:
     """Incompressible pages under memory.max: each zswap entry is charged a whole
     page, so reclaim into zswap frees nothing; the shrinker writing entries back
-    from the cgroup's reclaim is what keeps the workload from the OOM killer."""
+    from the cgroup's reclaim is what keeps the workload from the OOM killer.
+    Half the pages compress, so the pool fills the cgroup gradually: at a page
+    a millisecond, not before the first flush of the statistics the shrinker
+    counts from (2 s)."""
     base = {
         "tunables.zswap.enabled": True,
         # No global pool limit in the way: only the cgroup's.
         "tunables.zswap.max_pool_percent": 100,
         "cgroups.app.memory_max": "6MiB",
-        "workloads.w.content": "random",
-        "workloads.w.pattern.kind": "scan",
+        "workloads.w.content": {"mix": {"incompressible": 0.5, "text": 0.5}},
+        "workloads.w.pattern": {"kind": "scan", "think": "1ms"},
+        "scenario.duration": "120s",
     }
     off = simulate(**base)
     on = simulate(**base, **{"tunables.zswap.shrinker_enabled": True})

@@ -85,3 +85,20 @@ def test_run_trace_options_are_checked_before_anything_boots(
     assert main(["reference", "run", "zswap-text", *args]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "keep").exists()
+
+
+def test_compare_warns_about_a_recording_made_on_the_multi_gen_lru(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tiersim.reference.spec import data_dir
+
+    doc = json.loads((data_dir() / "zswap-zero.json").read_text())
+    doc["guest"]["lru_gen"] = "0x0007"
+    data = tmp_path / "zero.json"
+    data.write_text(json.dumps(doc))
+    assert main(["reference", "compare", "zswap-zero", "--data", str(data)]) == 0
+    assert "recorded with the multi-gen LRU on (lru_gen 0x0007)" in capsys.readouterr().err
+    doc["guest"]["lru_gen"] = "0x0000"
+    data.write_text(json.dumps(doc))
+    assert main(["reference", "compare", "zswap-zero", "--data", str(data)]) == 0
+    assert "multi-gen" not in capsys.readouterr().err

@@ -53,6 +53,12 @@ def test_init_script_applies_the_workload() -> None:
     assert "echo 0 > /proc/sys/kernel/numa_balancing" in s
     assert "mkswap /dev/vdb" in s and "swapon /dev/vdb" in s
     assert "echo never > /sys/kernel/mm/transparent_hugepage/enabled" in s
+    # The kernel reclaims from the active/inactive lists tiersim models
+    # (tunables.lru_gen), and the report says which LRU it used.
+    enable = "echo n > /sys/kernel/mm/lru_gen/enabled"
+    assert enable in s and s.index(enable) < s.index("sec mm") < s.index("exec /workload")
+    with_mglru = init_script(parse_workload(text + "\n[tunables]\nlru_gen = true\n"), [])
+    assert "echo y > /sys/kernel/mm/lru_gen/enabled" in with_mglru
     # Counters are read while the workload's memory is still mapped.
     assert s.index("read done < /run/ctl") < s.index("sec vmstat-end") < s.index("kill -9 $WL")
     assert s.rstrip().endswith("poweroff -f")
@@ -120,6 +126,7 @@ GOOD = dict(
     ],
     meminfo_start=["node0.MemFree 1000", "node0.MemTotal 2000"],
     tiers=["memory_tier4 0", "memory_tier22 1"],
+    mm=["lru_gen 0x0000"],
     outcome=["completed 1"],
     status=["ok"],
 )
@@ -132,6 +139,7 @@ def test_parse_report() -> None:
     assert rep["zswap"] == {"stored_pages": 40, "pool_total_size": 81920}
     assert rep["meminfo"] == {"node0.MemFree": 1024000, "node0.MemTotal": 2048000}
     assert rep["tiers"] == {"memory_tier4": "0", "memory_tier22": "1"}
+    assert rep["mm"] == {"lru_gen": "0x0000"}
     assert rep["workload"] == {
         "npages": 10,
         "elapsed_ns": 123,

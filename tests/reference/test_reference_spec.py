@@ -21,6 +21,9 @@ def test_minimal_defaults() -> None:
     # Sequential is tiersim's scan; the fill is the first pass.
     assert w.access.pattern == {"kind": "scan", "write_ratio": 0.0}
     assert w.access.accesses == 2 * 3072
+    # Recorded on the active/inactive LRU tiersim models, not the multi-gen LRU.
+    assert w.tunables.lru_gen is False
+    assert parse_workload(MINIMAL + "\n[tunables]\nlru_gen = true\n").tunables.lru_gen
 
 
 def test_tiered_random_write() -> None:

@@ -87,6 +87,18 @@ def test_calibration_from_a_recording() -> None:
     assert s["workloads"][0]["pattern"]["think_distribution"] == "fixed"
 
 
+def test_guest_time_by_default_where_time_drives_the_outcome() -> None:
+    from tiersim.reference.translate import use_guest_time
+
+    assert not use_guest_time(parse_workload(MINIMAL), None)
+    # The NUMA scanner, and the zswap shrinker (it counts from cgroup
+    # statistics flushed every 2 s), run on the clock.
+    assert use_guest_time(parse_workload(TIERED), None)
+    shrinker = MINIMAL.replace("[zswap]", "[zswap]\nshrinker_enabled = true")
+    assert use_guest_time(parse_workload(shrinker), None)
+    assert not use_guest_time(parse_workload(shrinker), False)
+
+
 def test_guest_clock_readings_become_a_think_schedule() -> None:
     w = parse_workload(MINIMAL)
     # Two runs, readings every 2048 accesses (6144 in all): the first third
