@@ -13,8 +13,10 @@ the committed range widened by 10 %. Tiered workloads are only reported:
 kswapd-driven demotion varies several-fold between identical runs under TCG.
 So is the pool left at the end (stored_pages, pool_total_size) where zswap
 writes back: it depends on when the last shrinker pass ran against the end
-of the workload (36 to 1,137 entries in three identical runs), while the
-flows in and out of the pool (zswpout, zswpin, zswpwb) are still checked.
+of the workload (744 to 1,677 entries in three runs of zswap-pool-limit),
+while the flows in and out of the pool (zswpout, zswpin, zswpwb) are still
+checked, unless the committed runs of a counter differ by more than half.
+With the zswap shrinker, even the outcome can differ (see below).
 """
 
 from __future__ import annotations
@@ -47,6 +49,12 @@ def _overlaps(new: dict[str, int], old: dict[str, int], slack: int) -> bool:
     return new["max"] >= lo and new["min"] <= hi
 
 
+def _unsteady(old: dict[str, int], slack: int) -> bool:
+    """The committed runs themselves differ by more than half (zswap-incomp-wb's
+    zswpin: 128, 452 and 2,568): one more run cannot show a drift."""
+    return old["max"] > 1.5 * old["min"] + slack
+
+
 @pytest.mark.parametrize("name", sorted(library()))
 def test_rerecord(name: str, out_dir: Path) -> None:
     w = load_workload(name)
@@ -68,7 +76,15 @@ def test_rerecord(name: str, out_dir: Path) -> None:
     if not committed.exists() or committed.resolve().parent == out_dir.resolve():
         return
     old = json.loads(committed.read_text())["counters"]
-    assert counters["workload.completed"]["values"][0] == old["workload.completed"]["values"][0]
+    completed = counters["workload.completed"]["values"][0]
+    if completed != old["workload.completed"]["values"][0] and w.zswap.shrinker_enabled:
+        # With the shrinker, whether the pool fills the cgroup before the shrinker
+        # counts it depends on where the periodic statistics flush (every 2 s)
+        # falls: a traced run of zswap-incomp-wb was OOM-killed where three
+        # recorded runs completed. Reported; the counters are then not comparable.
+        print(f"{name}: workload.completed {completed}, committed runs differ (reported only)")
+        return
+    assert completed == old["workload.completed"]["values"][0]
     if w.tiered:
         return
     writeback = old.get("vmstat.zswpwb", {}).get("max", 0) > 0
@@ -78,9 +94,10 @@ def test_rerecord(name: str, out_dir: Path) -> None:
             slack = SLACK_PAGES * (4096 if key == "zswap.pool_total_size" else 1)
             if not _overlaps(counters[key], old[key], slack):
                 line = f"{key}: now {counters[key]['values']}, was {old[key]['values']}"
-                (reported if writeback and key in END_OF_RUN_POOL else drift).append(line)
+                unsteady = (writeback and key in END_OF_RUN_POOL) or _unsteady(old[key], slack)
+                (reported if unsteady else drift).append(line)
     for line in reported:
-        print(f"{name}: end-of-run pool outside the committed range (reported only): {line}")
+        print(f"{name}: outside a range the kernel does not repeat (reported only): {line}")
     assert not drift, "the kernel's counters moved since the committed recording:\n" + "\n".join(
         drift
     )
