@@ -41,7 +41,7 @@ from .migrate import node_call, promote_page
 from .numa_balancing import (
     migrate_balanced,
     should_promote,
-    task_numa_fault_local,
+    task_numa_fault,
     tiering_mode,
 )
 from .page_alloc import alloc_page, free_frame, take_frame
@@ -353,7 +353,8 @@ async def migrate_misplaced(mm: Mm, page: int, dst: int, host: Host) -> tuple[bo
     if ok:
         host.vmstat.inc("pgpromote_success")
         host.vmstat.inc("numa_pages_migrated")
-        task_numa_fault_local(mm, mm.proc_of(page))
+        # The page came from a slow node: a remote fault (no TNF_FAULT_LOCAL).
+        task_numa_fault(mm, mm.proc_of(page), local=False)
     else:
         free_frame(mm, dst)
         host.vmstat.inc("pgpromote_fail")

@@ -89,24 +89,28 @@ def task_nr_scan_windows(mm: Mm, proc: Process) -> int:
     return max(1, -(-proc.npages // nr_scan_pages))
 
 
-def task_numa_fault_local(mm: Mm, proc: Process) -> None:
+def task_numa_fault(mm: Mm, proc: Process, *, local: bool) -> None:
     """task_numa_fault() for a hint fault whose page ended on a top-tier node.
 
-    Tiering mode keeps no statistics for faults on slow memory (they return
-    early), so only promoted pages count, as local private faults. Once per
-    scan pass the task places itself (task_numa_placement()), which adapts
-    the scan period to the faults counted since (update_task_scan_period()):
-    all-local private faults slow the scanner by 30 %, none at all double
-    its period.
+    Tiering mode keeps no statistics for faults that leave the page on slow
+    memory (they return early), so only promoted pages count. A fault is
+    local only if the page was already on the faulting CPU's node
+    (TNF_FAULT_LOCAL): a promoted page came from a CPU-less slow node, so its
+    fault is remote. Once per scan pass the task places itself
+    (task_numa_placement()), which adapts the scan period to the faults
+    counted since (update_task_scan_period()): with no local (or shared)
+    fault the period doubles and the next scan is pushed out.
     """
     if proc.numa_placement_seq != proc.numa_scan_seq:
         proc.numa_placement_seq = proc.numa_scan_seq
         update_task_scan_period(mm, proc)
-    proc.numa_local_faults += 1
+    if local:
+        proc.numa_local_faults += 1
 
 
 def update_task_scan_period(mm: Mm, proc: Process) -> None:
-    """update_task_scan_period() with every fault private and local."""
+    """update_task_scan_period() for a task whose faults are all private:
+    none local doubles the period, any local ones slow it by 3 slots (30 %)."""
     period = proc.numa_scan_period_ms or task_scan_min(mm, proc)
     if proc.numa_local_faults == 0:
         proc.numa_scan_period_ms = min(task_scan_max(mm, proc), period << 1)
@@ -126,7 +130,7 @@ def start_scanner(mm: Mm, proc: Process) -> None:
     """task_numa_work() every scan period, first run after the scan delay.
 
     The period starts at task_scan_min() and adapts at each pass to the
-    task's local faults (task_numa_fault_local()); a pass that finds the
+    task's faults (task_numa_fault()); a pass that finds the
     next scan pushed out (mm->numa_next_scan) waits for it.
     """
     t = mm.tunables.numa

@@ -63,12 +63,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("must be at least 1", key="--runs")
     trace = None
     if args.trace or args.ftrace:
+        option = "--trace" if args.trace else "--ftrace"
         if not args.keep:
-            raise ConfigError("traces are written to the --keep directory; give one", key="--trace")
+            raise ConfigError("traces are written to the --keep directory; give one", key=option)
+        try:
+            GuestTrace(events=tuple(args.trace))
+        except ValueError as exc:
+            raise ConfigError(str(exc), key="--trace") from None
         try:
             trace = GuestTrace(events=tuple(args.trace), functions=tuple(args.ftrace))
         except ValueError as exc:
-            raise ConfigError(str(exc), key="--trace" if args.trace else "--ftrace") from None
+            raise ConfigError(str(exc), key="--ftrace") from None
     try:
         doc = record(
             w,
@@ -106,7 +111,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     lru_gen = data.get("guest", {}).get("lru_gen")
-    if not args.quiet and not w.tunables.lru_gen and lru_gen not in ("0x0000", None):
+    mglru = isinstance(lru_gen, str) and lru_gen.startswith("0x") and int(lru_gen, 16) != 0
+    if not args.quiet and not w.tunables.lru_gen and mglru:
         print(
             f"reference: warning: {data_path} was recorded with the multi-gen LRU on "
             f"(lru_gen {lru_gen}); tiersim models the active/inactive LRU: re-record it",

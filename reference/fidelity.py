@@ -59,8 +59,9 @@ _DIRECT = (
     "time, and kswapd demotes 30.7k pages (0.60x)."
 )
 _PROMOTION = (
-    "tiersim's scanner leaves PTEs already PROT_NONE alone (prot_numa_skip()), slows by 30 % a "
-    "pass after local faults (update_task_scan_period()), and tiersim is paced stretch by "
+    "tiersim's scanner leaves PTEs already PROT_NONE alone (prot_numa_skip()), doubles its "
+    "period at each pass with promotions, which are remote faults (update_task_scan_period()), "
+    "and tiersim is paced stretch by "
     "stretch at the guest's own clock readings; numa_miss agrees. Per PTE update the two are "
     "alike (hint faults 59 % against the kernel's 63-97 %, candidates 24 % against 19-64 %), "
     "but tiersim updates 13.8k PTEs against 1.0-7.4k: it scans on simulated wall time, the "

@@ -87,7 +87,12 @@ class GuestTrace:
             for name in self.functions:
                 lines.append(f"echo {name} >> {TRACEFS}/set_ftrace_filter 2>/dev/null")
                 found.append(f"grep -qx {name} {TRACEFS}/set_ftrace_filter && echo function {name}")
-            lines.append(f"echo function > {TRACEFS}/current_tracer")
+            # An empty filter would trace every function: only with a name the
+            # kernel took.
+            lines.append(
+                f"grep -qv '^#' {TRACEFS}/set_ftrace_filter && "
+                f"echo function > {TRACEFS}/current_tracer"
+            )
         lines.append("{ " + "; ".join([*found, "true"]) + "; } | sec trace-available")
         lines.append(f"echo 1 > {TRACEFS}/tracing_on")
         return lines

@@ -231,7 +231,15 @@ def aggregate(
             "wall_s": _range([float(rep.get("wall_s", 0.0)) for rep in reports]),
             # Clock readings every `every` accesses, one list per completed run.
             "progress_ns": {
-                "every": int(reports[0].get("workload", {}).get("progress_every", 0)),
+                "every": next(
+                    (
+                        int(rep["workload"]["progress_every"])
+                        for rep in reports
+                        if rep["workload"].get("completed")
+                        and rep["workload"].get("progress_every")
+                    ),
+                    0,
+                ),
                 "values": [
                     list(rep.get("progress_ns", []))
                     for rep in reports

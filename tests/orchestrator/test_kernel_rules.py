@@ -15,8 +15,7 @@ from tiersim.orchestrator.config import NumaTunables
 from tiersim.orchestrator.numa_balancing import (
     PromoState,
     adjust_threshold,
-    task_numa_fault_local,
-    update_task_scan_period,
+    task_numa_fault,
 )
 from tiersim.orchestrator.zswap import Zswap, ZswapTunables
 
@@ -297,7 +296,7 @@ def test_scanner_leaves_prot_none_ptes_alone(simulate: Any) -> None:
     assert vm(doc, "numa_pte_updates") <= arrived + vm(doc, "numa_hint_faults")
 
 
-def test_scan_period_adapts_to_local_faults() -> None:
+def test_scan_period_adapts_to_the_tasks_faults() -> None:
     tun = SimpleNamespace(numa=NumaTunables())
     mm = SimpleNamespace(tunables=tun, sched=SimpleNamespace(now_ns=5_000_000_000))
     proc = SimpleNamespace(
@@ -309,25 +308,27 @@ def test_scan_period_adapts_to_local_faults() -> None:
         numa_next_scan_ns=0,
         numa_local_faults=4,
     )
-    # update_task_scan_period(): all-private local faults slow the scan by
-    # 3 period slots (30 %), once per pass.
-    task_numa_fault_local(mm, proc)  # type: ignore[arg-type]
+    # update_task_scan_period(), once per pass: all-private faults of which
+    # some were local slow the scan by 3 period slots (30 %).
+    task_numa_fault(mm, proc, local=True)  # type: ignore[arg-type]
     assert proc.numa_scan_period_ms == 1300 and proc.numa_local_faults == 1
-    task_numa_fault_local(mm, proc)  # type: ignore[arg-type]
+    task_numa_fault(mm, proc, local=True)  # type: ignore[arg-type]
     assert proc.numa_scan_period_ms == 1300 and proc.numa_local_faults == 2
     proc.numa_scan_seq = 2
-    task_numa_fault_local(mm, proc)  # type: ignore[arg-type]
+    task_numa_fault(mm, proc, local=True)  # type: ignore[arg-type]
     assert proc.numa_scan_period_ms == 1690
-    # No fault counted since the last placement: scan half as often, and
-    # push the next scan out.
+    # Promotions in tiering mode: the page came from a CPU-less node, so the
+    # fault is remote; with no local fault since the last placement the
+    # period doubles and the next scan is pushed out.
     proc.numa_local_faults = 0
-    update_task_scan_period(mm, proc)  # type: ignore[arg-type]
-    assert proc.numa_scan_period_ms == 3380
+    proc.numa_scan_seq = 3
+    task_numa_fault(mm, proc, local=False)  # type: ignore[arg-type]
+    assert proc.numa_scan_period_ms == 3380 and proc.numa_local_faults == 0
     assert proc.numa_next_scan_ns == 5_000_000_000 + 3380 * 1_000_000
     # Never beyond scan_period_max_ms.
-    for _ in range(20):
-        proc.numa_local_faults = 3
-        update_task_scan_period(mm, proc)  # type: ignore[arg-type]
+    for seq in range(4, 24):
+        proc.numa_scan_seq = seq
+        task_numa_fault(mm, proc, local=False)  # type: ignore[arg-type]
     assert proc.numa_scan_period_ms == 60000
 
 

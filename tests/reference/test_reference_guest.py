@@ -207,7 +207,12 @@ def test_guest_trace_lines_bracket_the_workload() -> None:
         "[ -f /sys/kernel/tracing/events/vmscan/mm_vmscan_memcg_reclaim_end/enable ] "
         "&& echo 1 > /sys/kernel/tracing/events/vmscan/mm_vmscan_memcg_reclaim_end/enable"
     )
-    tracer = lines.index("echo function > /sys/kernel/tracing/current_tracer")
+    # The function tracer only with a name the kernel took: an empty filter
+    # would trace every function.
+    tracer = lines.index(
+        "grep -qv '^#' /sys/kernel/tracing/set_ftrace_filter && "
+        "echo function > /sys/kernel/tracing/current_tracer"
+    )
     start = next(i for i, line in enumerate(lines) if "exec /workload" in line)
     dump = lines.index("cat /sys/kernel/tracing/trace | sec trace")
     workload_out = lines.index("cat /run/workload.out | sec workload")
@@ -245,3 +250,22 @@ def test_recording_with_a_trace_needs_a_directory_to_keep_it() -> None:
 
     with pytest.raises(HarnessError, match="keep"):
         record(parse_workload(MINIMAL), trace=GuestTrace(events=("vmscan:x",)))
+
+
+def test_recording_keeps_clock_readings_when_the_first_run_was_killed() -> None:
+    from tiersim.reference.record import aggregate
+
+    def report(completed: int, progress: list[int]) -> dict[str, object]:
+        workload = {"completed": completed}
+        if completed:
+            workload |= {"elapsed_ns": 90, "accesses": 20, "progress_every": 8}
+        return {
+            "vmstat": {},
+            "zswap": {},
+            "meminfo": {},
+            "workload": workload,
+            "progress_ns": progress,
+        }
+
+    doc = aggregate(parse_workload(MINIMAL), [report(0, []), report(1, [0, 40, 70])])
+    assert doc["guest"]["progress_ns"] == {"every": 8, "values": [[0, 40, 70]]}
