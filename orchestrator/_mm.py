@@ -233,6 +233,11 @@ class Mm:
         # cache): page -> (swap node, slot handle, page version when read).
         self.swapcache: dict[int, tuple[int, int, int]] = {}
 
+    @property
+    def finished(self) -> bool:
+        """The run is over: stopped, or every process done."""
+        return bool(self.stopped) or all(p.done for p in self.procs)
+
     # -- page table set-up -------------------------------------------------
 
     def init_pages(self, total: int) -> None:

@@ -306,7 +306,7 @@ class Simulation:
             mm.sched.at(0, tick, "progress")
 
     def _finished(self) -> bool:
-        return bool(self.mm.stopped) or all(p.done for p in self.mm.procs)
+        return self.mm.finished
 
     def _sample(self) -> dict[str, Any]:
         mm = self.mm

@@ -270,7 +270,7 @@ class RunTap:
                     await asyncio.sleep(0)
                 self._last_yield = time.perf_counter()
             self._poll()
-            if not (mm.stopped or all(p.done for p in mm.procs)):
+            if not mm.finished:
                 mm.sched.after(step, tick, "events")
 
         mm.sched.at(0, tick, "events")

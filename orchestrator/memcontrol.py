@@ -94,7 +94,7 @@ def start_stats_flusher(mm: Mm) -> None:
 
     async def work() -> None:
         flush_memcg_stats(mm)
-        if not mm.stopped and not all(p.done for p in mm.procs):
+        if not mm.finished:
             mm.sched.after(FLUSH_TIME_NS, work, "memcg_flush_stats")
 
     mm.sched.after(FLUSH_TIME_NS, work, "memcg_flush_stats")

@@ -96,18 +96,46 @@ async def shrink_lruvec(
     while reclaimed < nr_to_reclaim and scanned_total < budget:
         if inactive_is_low(mm, inactive, active) or mm.lru.count[inactive] == 0:
             shrink_active_list(mm, host, inactive, active, SWAP_CLUSTER_MAX)
-        batch = mm.lru.isolate_tail(inactive, SWAP_CLUSTER_MAX)
-        if not batch:
-            break
-        scanned_total += len(batch)
-        host.vmstat.inc("pgscan_kswapd" if kswapd else "pgscan_direct", len(batch))
-        cost += len(batch) * mm.costs.reclaim_scan_ns
-        got, c, _ = await shrink_folio_list(
-            mm, batch, nid, host, inactive, active, kswapd=kswapd, memcg_reclaim=memcg_reclaim
+        scanned, got, c, _ = await shrink_inactive_list(
+            mm,
+            nid,
+            host,
+            inactive,
+            active,
+            SWAP_CLUSTER_MAX,
+            kswapd=kswapd,
+            memcg_reclaim=memcg_reclaim,
         )
+        if not scanned:
+            break
+        scanned_total += scanned
         reclaimed += got
         cost += c
     return reclaimed, cost
+
+
+async def shrink_inactive_list(
+    mm: Mm,
+    nid: int,
+    host: Host,
+    inactive: int,
+    active: int,
+    nr_to_scan: int,
+    *,
+    kswapd: bool,
+    memcg_reclaim: bool,
+) -> tuple[int, int, int, int]:
+    """Isolate up to nr_to_scan pages off the inactive tail and reclaim them:
+    (scanned, reclaimed, ns, pages written out)."""
+    batch = mm.lru.isolate_tail(inactive, nr_to_scan)
+    if not batch:
+        return 0, 0, 0, 0
+    host.vmstat.inc("pgscan_kswapd" if kswapd else "pgscan_direct", len(batch))
+    cost = len(batch) * mm.costs.reclaim_scan_ns
+    got, c, nr_pageout = await shrink_folio_list(
+        mm, batch, nid, host, inactive, active, kswapd=kswapd, memcg_reclaim=memcg_reclaim
+    )
+    return len(batch), got, cost + c, nr_pageout
 
 
 async def shrink_folio_list(
@@ -310,16 +338,13 @@ async def shrink_lruvec_memcg(
     while targets[0]:
         chunk = min(targets[0], SWAP_CLUSTER_MAX)
         targets[0] -= chunk
-        batch = mm.lru.isolate_tail(inactive, chunk)
-        if batch:
-            host.vmstat.inc("pgscan_direct", len(batch))
-            cost += len(batch) * mm.costs.reclaim_scan_ns
-            got, c, nr_pageout = await shrink_folio_list(
-                mm, batch, nid, host, inactive, active, kswapd=False, memcg_reclaim=True
-            )
+        scanned, got, c, nr_pageout = await shrink_inactive_list(
+            mm, nid, host, inactive, active, chunk, kswapd=False, memcg_reclaim=True
+        )
+        if scanned:
             reclaimed += got
             cost += c
-            lru_note_cost(mm, memcg, nid, nr_pageout, len(batch) - got)
+            lru_note_cost(mm, memcg, nid, nr_pageout, scanned - got)
         if targets[1]:
             chunk = min(targets[1], SWAP_CLUSTER_MAX)
             targets[1] -= chunk
