@@ -53,6 +53,7 @@ from ._convert import (
     stats_to_pb,
 )
 from ._device import Encoded, MemoryDevice, PressureSubscriber
+from ._encoder import PageEncoder, start_encoder
 from ._factory import make_device
 from ._types import DATA_LOSS, PAGE_SIZE, NodeStats
 
@@ -113,7 +114,7 @@ class NodeServicer(pb_grpc.MemoryNodeServicer):
         *,
         health: health_aio.HealthServicer | None = None,
         realtime_dilation: float = 0.0,
-        encoder: concurrent.futures.Executor | None = None,
+        encoder: PageEncoder | None = None,
     ) -> None:
         self.device = device
         self._encoder = encoder
@@ -304,16 +305,17 @@ class NodeServicer(pb_grpc.MemoryNodeServicer):
     ) -> AsyncIterator[tuple[StoreWrites, list[Encoded | None] | None]]:
         """Batches of a StoreStream, in order, with their pages compressed ahead.
 
-        On a compressing device, lz4 runs on a worker thread (it releases the
-        GIL) while the event loop receives the next batches; the model call
-        that follows stays atomic. Other devices get no read-ahead.
+        On a compressing device, lz4 runs in the encoder (an lz4 worker
+        process, see _encoder.py) while the event loop receives the next
+        batches; the model call that follows stays atomic. Other devices get
+        no read-ahead.
         """
         if self._encoder is None:
             async for batch in request_iterator:
                 yield batch, None
             return
         loop = asyncio.get_running_loop()
-        encoder, device = self._encoder, self.device
+        encoder = self._encoder
         ahead = asyncio.Semaphore(STORE_READ_AHEAD)
         queue: asyncio.Queue[Any] = asyncio.Queue()
         done = object()
@@ -321,10 +323,8 @@ class NodeServicer(pb_grpc.MemoryNodeServicer):
         async def read() -> None:
             try:
                 async for batch in request_iterator:
-                    future = loop.run_in_executor(
-                        encoder, device.encode_pages, [d for _, d in batch.pages]
-                    )
-                    queue.put_nowait((batch, future))
+                    encoding = encoder.encode([d for _, d in batch.pages])
+                    queue.put_nowait((batch, loop.create_task(encoding)))
                     await ahead.acquire()
                 queue.put_nowait(done)
             except asyncio.CancelledError:
@@ -346,7 +346,13 @@ class NodeServicer(pb_grpc.MemoryNodeServicer):
                 yield batch, encoded
         finally:
             reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+            left = [reader]
+            while not queue.empty():
+                item = queue.get_nowait()
+                if isinstance(item, tuple):
+                    item[1].cancel()
+                    left.append(item[1])
+            await asyncio.gather(*left, return_exceptions=True)
 
     async def LoadStream(
         self,
@@ -651,19 +657,10 @@ class NodeServer:
         self.security = security or ServerSecurity()
         self.device = device if device is not None else make_device(config)
         self.health = health_aio.HealthServicer()
-        # One compression thread: with the event loop that makes two busy threads, the
-        # size of the machines this runs on; more would only contend for the GIL.
-        self._encoder = (
-            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tiersim-lz4")
-            if self.device.compresses
-            else None
-        )
         self.servicer = NodeServicer(
-            self.device,
-            health=self.health,
-            realtime_dilation=self.options.realtime_dilation,
-            encoder=self._encoder,
+            self.device, health=self.health, realtime_dilation=self.options.realtime_dilation
         )
+        self._encoder: PageEncoder | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self._server: grpc.aio.Server | None = None
         self._metrics: Any = None
@@ -703,6 +700,10 @@ class NodeServer:
             await server.stop(None)
             raise ConfigError(f"cannot listen on {want}", key="port")
         self.port = port
+        # Compression ahead of the model (nodes/_encoder.py); set before serving starts.
+        self._encoder = self.servicer._encoder = await start_encoder(
+            self.device, self.config.max_batch_pages
+        )
         await self.health.set("", _SERVING)
         await self.health.set(SERVICE_NAME, _SERVING)
         await server.start()
@@ -745,7 +746,8 @@ class NodeServer:
         self.servicer.close_watchers()
         await server.stop(grace)
         if self._encoder is not None:
-            self._encoder.shutdown(wait=False, cancel_futures=True)
+            encoder, self._encoder = self._encoder, None
+            await encoder.aclose()
         if self._metrics is not None:
             httpd, self._metrics = self._metrics, None
             await asyncio.to_thread(httpd.shutdown)

@@ -22,12 +22,23 @@ _decompress = lz4.block.decompress
 _PACKED_ZERO_PAGE = _compress(bytes(PAGE_SIZE), store_size=False)
 
 
-def _lay_out(data: PageData, packed: bytes) -> Encoded:
-    n = len(packed)
+def lay_out_packed(data: PageData, n: int, packed: bytes) -> Encoded:
+    """How a page lies on the media, given lz4's output for it (`n` bytes long).
+
+    `packed` is only read when it is shorter than a page; a non-zero page
+    whose output is 0 bytes long does not exist, so the lz4 worker reports a
+    page of zeros as length 0 (see _lz4_worker.py).
+    """
     if n >= PAGE_SIZE:
         # Incompressible: keep the page as-is (zswap does the same since ~6.18).
         return bytes(data), PAGE_SIZE, PAGE_SIZE, n
+    if n == 0:
+        return ZERO_ENCODED
     return packed, n, PAGE_SIZE, n
+
+
+def _lay_out(data: PageData, packed: bytes) -> Encoded:
+    return lay_out_packed(data, len(packed), packed)
 
 
 class CramDevice(MemoryDevice):
