@@ -38,9 +38,13 @@ from .cram import CramDevice, lay_out_packed
 
 _WORKER = Path(__file__).with_name("_lz4_worker.py")
 _HEADER = struct.Struct("<II")
-# Batches compressed at once, over all streams of a server: a stream reads two
-# ahead (STORE_READ_AHEAD), and two streams may overlap.
-DEFAULT_SLOTS = 4
+# Batches compressed at once, over all streams of a server: a stream holds up to
+# three (the batch the model waits for and STORE_READ_AHEAD more), and two
+# streams may overlap. More streams wait for a slot.
+DEFAULT_SLOTS = 6
+# A worker that has not answered a batch in this long is taken for stuck: it is
+# killed and the device encodes from then on. A batch takes milliseconds.
+ANSWER_TIMEOUT_S = 30.0
 
 
 class PageEncoder(Protocol):
@@ -129,6 +133,10 @@ class ProcessEncoder:
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE,
                     pass_fds=(fd,),
+                    # Signals to the server's process group (Ctrl-C, a supervisor's
+                    # SIGTERM) are the server's to handle; end of file on its stdin
+                    # ends the worker when the server goes, however it goes.
+                    process_group=0,
                 )
             except BaseException:
                 shared.close()
@@ -155,13 +163,14 @@ class ProcessEncoder:
         except (asyncio.IncompleteReadError, ConnectionError, WorkerGone, IndexError) as exc:
             self._fail(f"lz4 worker stopped: {exc!r}")
         except asyncio.CancelledError:
-            self._fail("encoder closed")
+            self._fail("encoder closed", warn=False)
             raise
 
-    def _fail(self, why: str) -> None:
+    def _fail(self, why: str, *, warn: bool = True) -> None:
         if self._gone is None:  # not closed by aclose()
             self._gone = why
-            self._log.warning("compressing on the server's thread from now on", reason=why)
+            if warn:
+                self._log.warning("the device compresses in the model call from now on", reason=why)
         while self._pending:
             _, future = self._pending.popleft()
             if not future.done():
@@ -175,7 +184,7 @@ class ProcessEncoder:
             # Pages as decode_store_batch hands them over, or plain bytes; anything
             # else is the device's to reject.
             if type(d) is memoryview:
-                if d.nbytes != PAGE_SIZE or not d.c_contiguous or d.format != "B":
+                if d.nbytes != PAGE_SIZE or d.ndim != 1 or not d.c_contiguous or d.format != "B":
                     return None
             elif type(d) is not bytes or len(d) != PAGE_SIZE:
                 return None
@@ -190,14 +199,17 @@ class ProcessEncoder:
                 buf[off : off + PAGE_SIZE] = d
             future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
             self._pending.append((slot, future))
+            # A pipe transport drops writes once the worker is gone; the reader then
+            # sees end of file and fails this request.
+            self._stdin.write(_HEADER.pack(slot, n))
             try:
-                self._stdin.write(_HEADER.pack(slot, n))
-            except (ConnectionError, RuntimeError) as exc:
-                self._fail(f"lz4 worker stopped: {exc!r}")
-                return None
-            try:
-                sizes = await future
+                sizes = await asyncio.wait_for(future, ANSWER_TIMEOUT_S)
             except WorkerGone:
+                return None
+            except TimeoutError:
+                self._fail(f"lz4 worker did not answer in {ANSWER_TIMEOUT_S:.0f} s")
+                with contextlib.suppress(ProcessLookupError):
+                    self._proc.kill()
                 return None
             pos = base + self._stride
             out: list[Encoded | None] = []
@@ -215,26 +227,30 @@ class ProcessEncoder:
         """End the worker (end of file on its stdin) and release the shared memory."""
         proc = self._proc
         self._gone = self._gone or "encoder closed"
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            self._stdin.close()
         try:
-            await asyncio.wait_for(proc.wait(), 2.0)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-        self._reader.cancel()
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                self._stdin.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 2.0)
+        finally:
+            # Also when cancelled: no worker outlives its encoder.
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+            self._reader.cancel()
+            self._buf.release()
+            self._shared.close()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
-        self._buf.release()
-        self._shared.close()
+        await proc.wait()
 
 
 async def start_encoder(device: MemoryDevice, max_pages: int) -> PageEncoder | None:
     """The encoder a server of `device` should use; None when it does not compress."""
     if not device.compresses:
         return None
-    if isinstance(device, CramDevice) and (os.cpu_count() or 1) > 1:
+    # The worker compresses as CramDevice does; a subclass may not.
+    if type(device) is CramDevice and len(os.sched_getaffinity(0)) > 1:
         try:
             return await ProcessEncoder.start(device, max_pages)
         except OSError as exc:

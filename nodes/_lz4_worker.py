@@ -18,21 +18,27 @@ library only. The server (tiersim.nodes._encoder) drives it:
   i32 per page: 0 for a page of zeros, else the length of lz4's output. Output
   shorter than a page lies back to back in the slot's output area, in page
   order; a page lz4 cannot shrink is kept raw by the device and not copied.
-- End of file on stdin ends the worker; it ignores SIGINT, which a terminal
-  sends to the server's whole process group.
+- End of file on stdin ends the worker. It runs in a process group of its
+  own and ignores SIGINT besides: the server decides when it ends.
 
 Requests are answered one at a time, in order.
 """
 
 from __future__ import annotations
 
-import mmap
-import os
 import signal
-import struct
-import sys
 
-import lz4.block
+# Ctrl-C reaches the whole process group; the server decides when this ends.
+# Set before anything slow is imported.
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+import contextlib  # noqa: E402
+import mmap  # noqa: E402
+import os  # noqa: E402
+import struct  # noqa: E402
+import sys  # noqa: E402
+
+import lz4.block  # noqa: E402
 
 PAGE_SIZE = 4096
 HEADER = struct.Struct("<II")
@@ -86,6 +92,6 @@ def serve(fd: int, slots: int, stride: int) -> None:
 
 
 if __name__ == "__main__":
-    # Ctrl-C reaches the whole process group; the server decides when this ends.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    serve(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
+    # The server may go away while an answer is on its way: nothing to tell then.
+    with contextlib.suppress(BrokenPipeError):
+        serve(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))

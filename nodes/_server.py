@@ -704,9 +704,14 @@ class NodeServer:
         self._encoder = self.servicer._encoder = await start_encoder(
             self.device, self.config.max_batch_pages
         )
-        await self.health.set("", _SERVING)
-        await self.health.set(SERVICE_NAME, _SERVING)
-        await server.start()
+        try:
+            await self.health.set("", _SERVING)
+            await self.health.set(SERVICE_NAME, _SERVING)
+            await server.start()
+        except BaseException:
+            await self._close_encoder()
+            await server.stop(None)
+            raise
         self._server = server
         try:
             if opts.metrics_port is not None:
@@ -745,14 +750,18 @@ class NodeServer:
         # Pressure watchers never end by themselves; end them so grace is not wasted.
         self.servicer.close_watchers()
         await server.stop(grace)
-        if self._encoder is not None:
-            encoder, self._encoder = self._encoder, None
-            await encoder.aclose()
+        await self._close_encoder()
         if self._metrics is not None:
             httpd, self._metrics = self._metrics, None
             await asyncio.to_thread(httpd.shutdown)
             httpd.server_close()
         self._log.info("node stopped")
+
+    async def _close_encoder(self) -> None:
+        if self._encoder is not None:
+            encoder, self._encoder = self._encoder, None
+            self.servicer._encoder = None
+            await encoder.aclose()
 
     async def __aenter__(self) -> NodeServer:
         await self.start()

@@ -167,3 +167,67 @@ async def test_stopping_a_node_ends_its_worker() -> None:
             pytest.skip("no lz4 worker process on a single-core machine")
         pid = encoder.pid
     assert await _exited(pid)
+
+
+async def test_a_stuck_worker_is_killed_and_the_device_encodes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import tiersim.nodes._encoder as encoder_module
+
+    monkeypatch.setattr(encoder_module, "ANSWER_TIMEOUT_S", 0.5)
+    device = _cram()
+    encoder = await ProcessEncoder.start(device, max_pages=64)
+    try:
+        os.kill(encoder.pid, signal.SIGSTOP)
+        assert await encoder.encode(Pages(16).mixed(8)) is None
+        assert await _exited(encoder.pid)
+        assert await encoder.encode(Pages(16).mixed(8)) is None
+    finally:
+        await encoder.aclose()
+
+
+async def test_a_server_that_fails_to_start_leaves_no_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tiersim.nodes import NodeServer
+
+    server = NodeServer(node_config("cram", "64MiB", "16MiB"))
+    spawned: list[int] = []
+    real_start = ProcessEncoder.start
+
+    async def start(*args: object, **kwargs: object) -> ProcessEncoder:
+        encoder = await real_start(*args, **kwargs)  # type: ignore[arg-type]
+        spawned.append(encoder.pid)
+        return encoder
+
+    async def broken(*args: object) -> None:
+        raise RuntimeError("health service broke")
+
+    monkeypatch.setattr(ProcessEncoder, "start", start)
+    monkeypatch.setattr(server.health, "set", broken)
+    with pytest.raises(RuntimeError, match="health service broke"):
+        await server.start()
+    if (os.cpu_count() or 1) > 1:
+        assert spawned and await _exited(spawned[0])
+    assert server._encoder is None
+
+
+async def test_concurrent_streams_through_one_worker_keep_exact_data() -> None:
+    pages = Pages(17)
+    contents = [pages.mixed(300) for _ in range(4)]
+    async with running_server(max_batch_pages=32) as server:
+        clients = [await GrpcNodeClient.connect(server.address) for _ in contents]
+        try:
+            results = await asyncio.gather(
+                *(c.store([(0, p) for p in pp]) for c, pp in zip(clients, contents, strict=True))
+            )
+            for c, r, pp in zip(clients, results, contents, strict=True):
+                assert r.ok
+                assert r.stored_bytes == [lz4_payload(p) for p in pp]
+                assert (await c.load(r.handles)).data == pp
+            stats = await clients[0].stats()
+            assert stats.stored_pages == 1200
+            assert stats.stored_bytes == sum(lz4_payload(p) for pp in contents for p in pp)
+        finally:
+            for c in clients:
+                await c.close()
