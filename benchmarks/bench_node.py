@@ -12,10 +12,11 @@ in the same run:
 
 The node is driven as the bare stream is: by default one client call holds
 every page, so its batches flow on one stream without a pause between calls
-(--call-pages splits the run into calls). Each figure is the best of --repeat
-runs, so that other work on the machine disturbs it less; the CPU time each
-process spent per page is printed too, the node's including its lz4 worker
-process.
+(--call-pages splits the run into calls). The node runs twice: with lz4 in its
+worker process (the default) and on a thread of the server (--compress-in
+thread), for comparison. Each figure is the best of --repeat runs, so that
+other work on the machine disturbs it less; the CPU time each process spent
+per page is printed too, the node's including its lz4 worker process.
 
     python benchmarks/bench_node.py [--pages 65536] [--batch 256] [--in-flight 8]
 """
@@ -171,7 +172,12 @@ async def _bare_stream(address: str, pages: Sequence[bytes], batch: int, in_flig
 
 
 async def _node(
-    node: Process, pages: Sequence[bytes], call_pages: int, in_flight: int, repeat: int
+    node: Process,
+    pages: Sequence[bytes],
+    call_pages: int,
+    in_flight: int,
+    repeat: int,
+    show: bool = True,
 ) -> tuple[Measure, Measure, int]:
     stores: list[Measure] = []
     loads: list[Measure] = []
@@ -194,12 +200,13 @@ async def _node(
             loads.append(m)
             mismatches += sum(a != b for a, b in zip(datas, pages, strict=True))
         stats = await client.stats()
-        print(
-            f"  node holds {stats.stored_pages} pages: "
-            f"{stats.logical_bytes / 2**20:.0f} MiB logical "
-            f"in {stats.physical_used_bytes / 2**20:.1f} MiB of media "
-            f"(ratio {stats.logical_bytes / max(1, stats.physical_used_bytes):.2f})"
-        )
+        if show:
+            print(
+                f"  node holds {stats.stored_pages} pages: "
+                f"{stats.logical_bytes / 2**20:.0f} MiB logical "
+                f"in {stats.physical_used_bytes / 2**20:.1f} MiB of media "
+                f"(ratio {stats.logical_bytes / max(1, stats.physical_used_bytes):.2f})"
+            )
     return _best(stores), _best(loads), mismatches
 
 
@@ -270,25 +277,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             discard.stop()
 
-        # The node, in another process.
-        addr_file = Path(tmp) / "node.addr"
-        node = Process(
-            [
-                sys.executable, "-m", "tiersim", "--log-level", "warning", "node",
-                "--kind", "cram", "--advertised", "8GiB", "--physical", "2GiB",
-                "--max-batch-pages", str(args.batch), "--address-file", str(addr_file),
-            ],
-            addr_file,
-        )  # fmt: skip
-        try:
-            store, load, bad = asyncio.run(
-                _node(node, pages, args.call_pages or len(pages), args.in_flight, args.repeat)
-            )
-        finally:
-            node.stop()
+        # The node, in another process: lz4 in its worker process (the default on
+        # more than one core), then on a thread of the server, for comparison.
+        results = {}
+        for where in ("process", "thread"):
+            addr_file = Path(tmp) / f"node-{where}.addr"
+            node = Process(
+                [
+                    sys.executable, "-m", "tiersim", "--log-level", "warning", "node",
+                    "--kind", "cram", "--advertised", "8GiB", "--physical", "2GiB",
+                    "--max-batch-pages", str(args.batch), "--address-file", str(addr_file),
+                    "--compress-in", where,
+                ],
+                addr_file,
+            )  # fmt: skip
+            try:
+                call_pages = args.call_pages or len(pages)
+                results[where] = asyncio.run(
+                    _node(node, pages, call_pages, args.in_flight, args.repeat, where == "process")
+                )
+            finally:
+                node.stop()
+        store, load, bad = results["process"]
+        thread_store, _, thread_bad = results["thread"]
+        bad += thread_bad
 
     rows = [
         ("node store", store, "client", "node"),
+        ("  lz4 thread", thread_store, "client", "node"),
         ("node load", load, "client", "node"),
         ("bare stream", bare, "client", "server"),
         ("lz4 compress", lz4_run, "", ""),
@@ -317,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"= {ceiling:,.0f} pages/s, {ceiling / rate['bare stream']:.0%} of the bare stream"
     )
     print(f"  node store / bare stream = {rate['node store'] / rate['bare stream']:.0%}")
+    print(f"  lz4 worker process / lz4 thread = {rate['node store'] / rate['  lz4 thread']:.2f}")
     print(f"  node store / ceiling     = {rate['node store'] / ceiling:.0%}")
     print(f"  node store / lz4         = {rate['node store'] / rate['lz4 compress']:.0%}")
     print(f"  node load  / bare stream = {rate['node load'] / rate['bare stream']:.0%}")

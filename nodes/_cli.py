@@ -34,6 +34,7 @@ _FLAGS: dict[str, str] = {
     "metrics_port": "metrics_port",
     "address_file": "address_file",
     "realtime_dilation": "realtime_dilation",
+    "compress_in": "compress_in",
 }
 
 
@@ -80,6 +81,12 @@ def register(subparsers: Any) -> None:
         type=float,
         metavar="X",
         help="also sleep modelled cost x X (default 0: never sleep)",
+    )
+    srv.add_argument(
+        "--compress-in",
+        metavar="WHERE",
+        help="cram: run lz4 in a worker 'process' or a 'thread' of the server "
+        "(default 'auto': the process when there is a second core)",
     )
     from tiersim._security import add_server_flags
 

@@ -61,6 +61,10 @@ class ServerOptions:
     metrics_port: int | None = None
     address_file: str | None = None
     realtime_dilation: float = 0.0
+    # Where a compressing node runs lz4 for the batches it reads ahead: "process"
+    # (an lz4 worker process), "thread" (a thread of the server), or "auto"
+    # (the process where the machine has a second core). See nodes/_encoder.py.
+    compress_in: str = "auto"
 
 
 # Keys of the TOML file; CLI flags are the same names with dashes.
@@ -77,7 +81,15 @@ _DEVICE_KEYS = (
     "seed",
     "latency",
 )
-_SERVER_KEYS = ("host", "port", "metrics_port", "address_file", "realtime_dilation")
+_SERVER_KEYS = (
+    "host",
+    "port",
+    "metrics_port",
+    "address_file",
+    "realtime_dilation",
+    "compress_in",
+)
+COMPRESS_IN = ("auto", "process", "thread")
 TOML_KEYS = frozenset(_DEVICE_KEYS + _SERVER_KEYS)
 LATENCY_KEYS = frozenset(f.name for f in fields(LatencyProfile))
 
@@ -314,12 +326,16 @@ def build_server_options(
         raise err("realtime_dilation", f"expected a number, got {type(dilation).__name__}")
     if not math.isfinite(dilation) or dilation < 0:
         raise err("realtime_dilation", f"must be a finite number >= 0, got {dilation!r}")
+    compress_in = values.get("compress_in", opts.compress_in)
+    if compress_in not in COMPRESS_IN:
+        raise err("compress_in", f"expected one of {', '.join(COMPRESS_IN)}, got {compress_in!r}")
     return ServerOptions(
         host=host,
         port=port,
         metrics_port=metrics,
         address_file=address_file,
         realtime_dilation=float(dilation),
+        compress_in=compress_in,
     )
 
 

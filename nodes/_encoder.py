@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from tiersim._errors import ConfigError
 from tiersim._logging import get_logger
 
 from ._device import Encoded, MemoryDevice
@@ -245,15 +246,35 @@ class ProcessEncoder:
         await proc.wait()
 
 
-async def start_encoder(device: MemoryDevice, max_pages: int) -> PageEncoder | None:
-    """The encoder a server of `device` should use; None when it does not compress."""
+async def start_encoder(
+    device: MemoryDevice, max_pages: int, where: str = "auto"
+) -> PageEncoder | None:
+    """The encoder a server of `device` uses; None when the device does not compress.
+
+    `where` is ServerOptions.compress_in: "process" insists on the lz4 worker
+    (ConfigError when it cannot be had), "thread" uses a thread, "auto" the
+    worker where the server may use a second core, else a thread.
+    """
     if not device.compresses:
         return None
     # The worker compresses as CramDevice does; a subclass may not.
-    if type(device) is CramDevice and len(os.sched_getaffinity(0)) > 1:
+    can = type(device) is CramDevice and hasattr(os, "memfd_create")
+    if where == "process" and not can:
+        raise ConfigError(
+            f"compress_in = process: a {type(device).__name__} has no lz4 worker "
+            "(only cram nodes, on Linux)",
+            key="compress_in",
+        )
+    if where == "process" or (where == "auto" and can and len(os.sched_getaffinity(0)) > 1):
+        assert isinstance(device, CramDevice)
         try:
             return await ProcessEncoder.start(device, max_pages)
         except OSError as exc:
+            if where == "process":
+                raise ConfigError(
+                    f"compress_in = process: cannot start the lz4 worker: {exc}",
+                    key="compress_in",
+                ) from None
             get_logger("tiersim.nodes.encoder").warning(
                 "no lz4 worker process; compressing on a thread", error=str(exc)
             )

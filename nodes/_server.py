@@ -701,9 +701,13 @@ class NodeServer:
             raise ConfigError(f"cannot listen on {want}", key="port")
         self.port = port
         # Compression ahead of the model (nodes/_encoder.py); set before serving starts.
-        self._encoder = self.servicer._encoder = await start_encoder(
-            self.device, self.config.max_batch_pages
-        )
+        try:
+            self._encoder = self.servicer._encoder = await start_encoder(
+                self.device, self.config.max_batch_pages, opts.compress_in
+            )
+        except BaseException:
+            await server.stop(None)
+            raise
         try:
             await self.health.set("", _SERVING)
             await self.health.set(SERVICE_NAME, _SERVING)

@@ -103,6 +103,11 @@ def test_defaults() -> None:
             ">= 0",
         ),
         ({"kind": "dram", "advertised": "1GiB", "colour": "blue"}, "colour", "unknown setting"),
+        (
+            {"kind": "cram", "advertised": "1GiB", "compress_in": "gpu"},
+            "compress_in",
+            "auto, process, thread",
+        ),
     ],
 )
 def test_bad_values_name_their_key(settings: dict[str, Any], key: str, words: str) -> None:
@@ -180,6 +185,7 @@ def test_toml_file(tmp_path: Path) -> None:
         ),
         ('kind = "dram"\nadvertised = "1GiB"\nlatency.foo = 1\n', 3, "latency.foo", "unknown"),
         ('kind = "dram"\nadvertised = "1GiB"\n[extra]\nx = 1\n', 3, "extra", "unknown"),
+        ('kind = "cram"\nadvertised = "1GiB"\ncompress_in = 2\n', 3, "compress_in", "one of"),
     ],
 )
 def test_toml_errors_name_file_line_and_key(

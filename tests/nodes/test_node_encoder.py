@@ -123,15 +123,43 @@ async def test_a_dead_worker_leaves_the_device_to_encode() -> None:
         await encoder.aclose()
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
 async def test_only_compressing_devices_get_an_encoder() -> None:
     assert await start_encoder(make_device(node_config("dram", "16MiB")), 64) is None
     encoder = await start_encoder(_cram(), 64)
     try:
-        expected = ProcessEncoder if (os.cpu_count() or 1) > 1 else ThreadEncoder
+        expected = ProcessEncoder if _cores() > 1 else ThreadEncoder
         assert type(encoder) is expected
     finally:
         assert encoder is not None
         await encoder.aclose()
+
+
+async def test_compress_in_chooses_the_encoder() -> None:
+    for where, kind in (("thread", ThreadEncoder), ("process", ProcessEncoder)):
+        encoder = await start_encoder(_cram(), 64, where)
+        assert type(encoder) is kind
+        assert encoder is not None
+        await encoder.aclose()
+
+
+async def test_a_node_with_a_thread_encoder_stores_exact_pages() -> None:
+    from tiersim.nodes import ServerOptions
+
+    pages = Pages(18).mixed(300)
+    opts = ServerOptions(compress_in="thread")
+    async with running_server(options=opts, max_batch_pages=64) as server:
+        assert type(server._encoder) is ThreadEncoder
+        client = await GrpcNodeClient.connect(server.address)
+        try:
+            r = await client.store([(0, p) for p in pages])
+            assert r.stored_bytes == [lz4_payload(p) for p in pages]
+            assert (await client.load(r.handles)).data == pages
+        finally:
+            await client.close()
 
 
 async def test_a_node_whose_worker_dies_keeps_serving_exact_pages() -> None:
@@ -207,7 +235,7 @@ async def test_a_server_that_fails_to_start_leaves_no_worker(
     monkeypatch.setattr(server.health, "set", broken)
     with pytest.raises(RuntimeError, match="health service broke"):
         await server.start()
-    if (os.cpu_count() or 1) > 1:
+    if _cores() > 1:
         assert spawned and await _exited(spawned[0])
     assert server._encoder is None
 
