@@ -478,3 +478,30 @@ def test_public_api() -> None:
     for name in nodes.__all__:
         assert getattr(nodes, name) is not None
     assert isinstance(LocalNodeClient.from_config(_config("dram")), nodes.NodeClient)
+
+
+@pytest.mark.parametrize("size", [1, 3, 8, 9, 40])
+def test_bad_handles_are_named_in_small_and_large_batches(size: int, pages: Pages) -> None:
+    # Batches of up to 8 handles are checked on a plain-Python path, larger ones
+    # with numpy: both must refuse the same handles with the same words.
+    d = make_device(_config("cram"))
+    content = pages.mixed(64)
+    r = d.store([(0, p) for p in content])
+    freed = r.handles[-1]
+    d.free([freed])
+    good = r.handles[: size - 1]
+    cases = [
+        ([*good, freed], grpc.StatusCode.NOT_FOUND, f"handle {freed} is not allocated"),
+        ([*good, 10_000], grpc.StatusCode.NOT_FOUND, "handle 10000 is not allocated"),
+        ([*good, -4], grpc.StatusCode.INVALID_ARGUMENT, "handle -4 is negative"),
+        ([*good, 0], grpc.StatusCode.NOT_FOUND, "handle 0 is not allocated"),
+    ]
+    if good:
+        cases.append(([*good, good[0]], grpc.StatusCode.INVALID_ARGUMENT, "appears twice"))
+    for handles, code, words in cases:
+        with pytest.raises(NodeError) as err:
+            d.load(handles)
+        assert err.value.code is code, handles
+        assert words in err.value.message, (handles, err.value.message)
+    # And good handles pass, on either path.
+    assert d.load(r.handles[:size]).data == content[:size]
