@@ -63,7 +63,7 @@ class ServerOptions:
     realtime_dilation: float = 0.0
     # Where a compressing node runs lz4 for the batches it reads ahead: "process"
     # (an lz4 worker process), "thread" (a thread of the server), or "auto"
-    # (the process where the machine has a second core). See nodes/_encoder.py.
+    # (the process where the server may use a second core). See nodes/_encoder.py.
     compress_in: str = "auto"
 
 
@@ -327,6 +327,8 @@ def build_server_options(
     if not math.isfinite(dilation) or dilation < 0:
         raise err("realtime_dilation", f"must be a finite number >= 0, got {dilation!r}")
     compress_in = values.get("compress_in", opts.compress_in)
+    if isinstance(compress_in, str):
+        compress_in = compress_in.strip().lower()
     if compress_in not in COMPRESS_IN:
         raise err("compress_in", f"expected one of {', '.join(COMPRESS_IN)}, got {compress_in!r}")
     return ServerOptions(

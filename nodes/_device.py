@@ -389,7 +389,7 @@ class MemoryDevice:
             # times cheaper than numpy's unique() on a handful of handles. Any
             # doubt falls through to the checks below, which name the culprit.
             hs = [h for h in handles if h] if allow_zero else handles
-            if not hs:
+            if len(hs) == 0:
                 return np.empty(0, dtype=np.int64)
             if min(hs) >= 1 and max(hs) <= self._next_slot and len(set(hs)) == len(hs):
                 state = self._state
@@ -403,7 +403,9 @@ class MemoryDevice:
         try:
             arr = np.fromiter(handles, dtype=np.int64, count=n)
         except OverflowError:
-            big = next(h for h in handles if h >= 2**63)
+            big = next(h for h in handles if not -(2**63) <= h < 2**63)
+            if big < 0:
+                raise self._reject(_INVALID, f"handle {big} is negative") from None
             raise self._reject(_NOT_FOUND, f"handle {big} is not allocated on this node") from None
         if allow_zero:
             arr = arr[arr != 0]

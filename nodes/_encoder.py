@@ -33,6 +33,7 @@ from typing import Protocol
 from tiersim._errors import ConfigError
 from tiersim._logging import get_logger
 
+from ._config import COMPRESS_IN
 from ._device import Encoded, MemoryDevice
 from ._types import PAGE_SIZE, PageData
 from .cram import CramDevice, lay_out_packed
@@ -255,6 +256,8 @@ async def start_encoder(
     (ConfigError when it cannot be had), "thread" uses a thread, "auto" the
     worker where the server may use a second core, else a thread.
     """
+    if where not in COMPRESS_IN:
+        raise ValueError(f"compress_in must be auto, process or thread, not {where!r}")
     if not device.compresses:
         return None
     # The worker compresses as CramDevice does; a subclass may not.

@@ -676,46 +676,43 @@ class NodeServer:
         """Bind and start serving; return the bound address (host:port)."""
         opts = self.options
         self.security.check_bind(opts.host)
-        server = grpc.aio.server(
-            options=grpc_options(self.config.max_batch_pages),
-            interceptors=self.security.interceptors(),
+        # Compression ahead of the model (nodes/_encoder.py), ready before any
+        # request; everything that may fail after it comes before the port is
+        # bound, since a bound gRPC server that never started keeps its socket.
+        self._encoder = self.servicer._encoder = await start_encoder(
+            self.device, self.config.max_batch_pages, opts.compress_in
         )
-        server.add_generic_rpc_handlers((_service_handler(self.servicer),))
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
-        )
-        want = format_address(opts.host, opts.port)
-        try:
-            port = self.security.add_port(server, want)
-        except RuntimeError as exc:
-            await server.stop(None)
-            raise ConfigError(f"cannot listen on {want}: {exc}", key="port") from None
-        if port == 0:
-            await server.stop(None)
-            raise ConfigError(f"cannot listen on {want}", key="port")
-        self.port = port
-        # Compression ahead of the model (nodes/_encoder.py); set before serving starts.
-        try:
-            self._encoder = self.servicer._encoder = await start_encoder(
-                self.device, self.config.max_batch_pages, opts.compress_in
-            )
-        except BaseException:
-            await server.stop(None)
-            raise
         try:
             await self.health.set("", _SERVING)
             await self.health.set(SERVICE_NAME, _SERVING)
+            server = grpc.aio.server(
+                options=grpc_options(self.config.max_batch_pages),
+                interceptors=self.security.interceptors(),
+            )
+            server.add_generic_rpc_handlers((_service_handler(self.servicer),))
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+            reflection.enable_server_reflection(
+                (
+                    SERVICE_NAME,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ),
+                server,
+            )
+            want = format_address(opts.host, opts.port)
+            try:
+                port = self.security.add_port(server, want)
+            except RuntimeError as exc:
+                await server.stop(None)
+                raise ConfigError(f"cannot listen on {want}: {exc}", key="port") from None
+            if port == 0:
+                await server.stop(None)
+                raise ConfigError(f"cannot listen on {want}", key="port")
             await server.start()
         except BaseException:
             await self._close_encoder()
-            await server.stop(None)
             raise
+        self.port = port
         self._server = server
         try:
             if opts.metrics_port is not None:

@@ -244,3 +244,12 @@ def test_cli_reports_toml_file_line_and_key(
     path2 = _toml(tmp_path, 'kind = "cram"\nadvertised = "1GiB"\nphysical = "2GiB"\n')
     assert main(["node", "--config", str(path2), "--physical", "3GiB"]) == 2
     assert "--physical" in capsys.readouterr().err
+
+
+def test_compress_in_is_read_case_blind() -> None:
+    _, options = load_settings(
+        None, {"kind": "cram", "advertised": "1GiB", "compress_in": " Thread"}
+    )
+    assert options.compress_in == "thread"
+    _, options = load_settings(None, {"kind": "cram", "advertised": "1GiB"})
+    assert options.compress_in == "auto"

@@ -495,6 +495,8 @@ def test_bad_handles_are_named_in_small_and_large_batches(size: int, pages: Page
         ([*good, 10_000], grpc.StatusCode.NOT_FOUND, "handle 10000 is not allocated"),
         ([*good, -4], grpc.StatusCode.INVALID_ARGUMENT, "handle -4 is negative"),
         ([*good, 0], grpc.StatusCode.NOT_FOUND, "handle 0 is not allocated"),
+        ([*good, -(2**63) - 1], grpc.StatusCode.INVALID_ARGUMENT, "is negative"),
+        ([*good, 2**64], grpc.StatusCode.NOT_FOUND, f"handle {2**64} is not allocated"),
     ]
     if good:
         cases.append(([*good, good[0]], grpc.StatusCode.INVALID_ARGUMENT, "appears twice"))

@@ -259,3 +259,33 @@ async def test_concurrent_streams_through_one_worker_keep_exact_data() -> None:
         finally:
             for c in clients:
                 await c.close()
+
+
+async def test_a_refused_compress_in_binds_no_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    import tiersim.nodes._server as server_module
+    from tiersim import ConfigError
+    from tiersim.nodes import NodeServer, ServerOptions
+
+    async def refuse(*args: object) -> None:
+        raise ConfigError("compress_in = process: no lz4 worker here", key="compress_in")
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    opts = ServerOptions(port=port, compress_in="process")
+    config = node_config("cram", "64MiB", "16MiB")
+    monkeypatch.setattr(server_module, "start_encoder", refuse)
+    with pytest.raises(ConfigError, match="no lz4 worker"):
+        await NodeServer(config, opts).start()
+    monkeypatch.undo()
+    # The port is free for the next server.
+    server = NodeServer(config, ServerOptions(port=port))
+    assert await server.start() == f"127.0.0.1:{port}"
+    await server.stop(grace=0.2)
+
+
+async def test_compress_in_is_checked_where_it_is_used() -> None:
+    with pytest.raises(ValueError, match="compress_in"):
+        await start_encoder(_cram(), 64, "gpu")
