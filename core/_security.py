@@ -235,6 +235,23 @@ class ServerSecurity:
             return server.add_insecure_port(address)
         return server.add_secure_port(address, creds)
 
+    async def listen(self, server: grpc.aio.Server, address: str) -> int:
+        """`add_port`, or a ConfigError naming `address` once `server` is stopped."""
+        try:
+            port = self.add_port(server, address)
+        except RuntimeError as exc:
+            await server.stop(None)
+            raise ConfigError(f"cannot listen on {address}: {exc}", key="port") from None
+        if port == 0:
+            await server.stop(None)
+            raise ConfigError(f"cannot listen on {address}", key="port")
+        return port
+
+
+def format_address(host: str, port: int) -> str:
+    """host:port, with an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
 
 def _token_problem(metadata: Sequence[tuple[str, str | bytes]] | None, token: bytes) -> str | None:
     """None when the metadata carries the token; else what is wrong, for the log."""

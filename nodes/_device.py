@@ -69,6 +69,17 @@ _PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 Encoded = tuple[bytes, int, int, int]
 ZERO_ENCODED: Encoded = (b"", 0, 0, 0)
 
+
+def is_page(data: object) -> bool:
+    """One page of bytes, or a flat byte view of one: how decode_store_batch
+    hands pages over. What compresses ahead of `store` takes only these."""
+    if type(data) is memoryview:
+        return (
+            data.nbytes == PAGE_SIZE and data.ndim == 1 and data.c_contiguous and data.format == "B"
+        )
+    return type(data) is bytes and len(data) == PAGE_SIZE
+
+
 # Batches up to this size have their handles checked in plain Python.
 _SMALL_BATCH = 8
 
@@ -299,15 +310,7 @@ class MemoryDevice:
         validates the request itself.
         """
         encode = self._encode_page
-        out: list[Encoded | None] = []
-        for data in datas:
-            if type(data) is memoryview:
-                # Pages decoded straight from a request (see decode_store_batch).
-                ok = data.nbytes == PAGE_SIZE and data.c_contiguous
-            else:
-                ok = type(data) is bytes and len(data) == PAGE_SIZE
-            out.append(encode(cast(PageData, data)) if ok else None)
-        return out
+        return [encode(cast(PageData, data)) if is_page(data) else None for data in datas]
 
     def _encode_page(self, data: PageData) -> Encoded:
         """`_encode`, or the zero-page encoding for a page of zeros."""

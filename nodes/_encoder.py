@@ -34,7 +34,7 @@ from tiersim._errors import ConfigError
 from tiersim._logging import get_logger
 
 from ._config import COMPRESS_IN
-from ._device import Encoded, MemoryDevice
+from ._device import Encoded, MemoryDevice, is_page
 from ._types import PAGE_SIZE, PageData
 from .cram import CramDevice, lay_out_packed
 
@@ -182,14 +182,8 @@ class ProcessEncoder:
         n = len(datas)
         if self._gone is not None or not 0 < n <= self._max_pages:
             return None
-        for d in datas:
-            # Pages as decode_store_batch hands them over, or plain bytes; anything
-            # else is the device's to reject.
-            if type(d) is memoryview:
-                if d.nbytes != PAGE_SIZE or d.ndim != 1 or not d.c_contiguous or d.format != "B":
-                    return None
-            elif type(d) is not bytes or len(d) != PAGE_SIZE:
-                return None
+        if not all(map(is_page, datas)):
+            return None  # the device's to encode, or to reject
         slot = await self._free.get()
         try:
             if self._gone is not None:

@@ -37,7 +37,7 @@ from tiersim import __version__
 from tiersim._errors import ConfigError, NodeError
 from tiersim._lifecycle import stop_on_signals
 from tiersim._logging import get_logger
-from tiersim._security import ServerSecurity
+from tiersim._security import ServerSecurity, format_address
 from tiersim.v1 import node_pb2 as pb
 from tiersim.v1 import node_pb2_grpc as pb_grpc
 
@@ -87,10 +87,6 @@ def grpc_options(max_batch_pages: int) -> list[tuple[str, Any]]:
     ]
 
 
-def format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def write_address_file(path: str | os.PathLike[str], address: str) -> None:
     """Write `address` atomically: a reader sees no file or the whole line."""
     target = Path(path)
@@ -117,7 +113,9 @@ class NodeServicer(pb_grpc.MemoryNodeServicer):
         encoder: PageEncoder | None = None,
     ) -> None:
         self.device = device
-        self._encoder = encoder
+        # Compresses StoreStream batches ahead of the model (nodes/_encoder.py);
+        # NodeServer sets it when it starts and clears it when it stops.
+        self.encoder = encoder
         self._health = health
         self._dilation = realtime_dilation
         self._debt_ns = 0.0
@@ -310,12 +308,12 @@ class NodeServicer(pb_grpc.MemoryNodeServicer):
         batches; the model call that follows stays atomic. Other devices get
         no read-ahead.
         """
-        if self._encoder is None:
+        if self.encoder is None:
             async for batch in request_iterator:
                 yield batch, None
             return
         loop = asyncio.get_running_loop()
-        encoder = self._encoder
+        encoder = self.encoder
         ahead = asyncio.Semaphore(STORE_READ_AHEAD)
         queue: asyncio.Queue[Any] = asyncio.Queue()
         done = object()
@@ -660,7 +658,6 @@ class NodeServer:
         self.servicer = NodeServicer(
             self.device, health=self.health, realtime_dilation=self.options.realtime_dilation
         )
-        self._encoder: PageEncoder | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self._server: grpc.aio.Server | None = None
         self._metrics: Any = None
@@ -679,7 +676,7 @@ class NodeServer:
         # Compression ahead of the model (nodes/_encoder.py), ready before any
         # request; everything that may fail after it comes before the port is
         # bound, since a bound gRPC server that never started keeps its socket.
-        self._encoder = self.servicer._encoder = await start_encoder(
+        self.servicer.encoder = await start_encoder(
             self.device, self.config.max_batch_pages, opts.compress_in
         )
         try:
@@ -699,15 +696,7 @@ class NodeServer:
                 ),
                 server,
             )
-            want = format_address(opts.host, opts.port)
-            try:
-                port = self.security.add_port(server, want)
-            except RuntimeError as exc:
-                await server.stop(None)
-                raise ConfigError(f"cannot listen on {want}: {exc}", key="port") from None
-            if port == 0:
-                await server.stop(None)
-                raise ConfigError(f"cannot listen on {want}", key="port")
+            port = await self.security.listen(server, format_address(opts.host, opts.port))
             await server.start()
         except BaseException:
             await self._close_encoder()
@@ -758,10 +747,14 @@ class NodeServer:
             httpd.server_close()
         self._log.info("node stopped")
 
+    @property
+    def encoder(self) -> PageEncoder | None:
+        """What compresses the node's incoming batches while it serves (None: nothing)."""
+        return self.servicer.encoder
+
     async def _close_encoder(self) -> None:
-        if self._encoder is not None:
-            encoder, self._encoder = self._encoder, None
-            self.servicer._encoder = None
+        encoder, self.servicer.encoder = self.servicer.encoder, None
+        if encoder is not None:
             await encoder.aclose()
 
     async def __aenter__(self) -> NodeServer:

@@ -17,7 +17,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from tiersim._errors import ConfigError
 from tiersim._security import ServerSecurity, split_host
 
 # Requests are small (decisions, scenario text); a bound keeps a client from
@@ -25,10 +24,6 @@ from tiersim._security import ServerSecurity, split_host
 MAX_MESSAGE_BYTES = 4 << 20
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def start_server(
@@ -52,14 +47,7 @@ async def start_server(
     reflection.enable_server_reflection(
         (*service_names, health_name, reflection.SERVICE_NAME), server
     )
-    try:
-        port = security.add_port(server, address)
-    except RuntimeError as exc:
-        await server.stop(None)
-        raise ConfigError(f"cannot listen on {address}: {exc}", key="port") from None
-    if port == 0:
-        await server.stop(None)
-        raise ConfigError(f"cannot listen on {address}", key="port")
+    port = await security.listen(server, address)
     await server.start()
     await health.set("", SERVING)
     for name in service_names:

@@ -693,7 +693,9 @@ class AgentPolicy(Policy):
         await self._attach(session)
 
     async def _start_own_listener(self, mm: Mm) -> None:
-        from ._grpc_server import format_address, start_server
+        from tiersim._security import format_address
+
+        from ._grpc_server import start_server
 
         security = ServerSecurity.from_files(**self._security_options, key_prefix="policy.options.")
         self._run_id = f"run-{secrets.token_hex(4)}"

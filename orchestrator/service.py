@@ -46,11 +46,11 @@ from google.protobuf.message import DecodeError, Message
 from tiersim._errors import ConfigError
 from tiersim._lifecycle import stop_on_signals
 from tiersim._logging import get_logger
-from tiersim._security import ServerSecurity
+from tiersim._security import ServerSecurity, format_address
 from tiersim.v1 import orchestrator_pb2 as opb
 from tiersim.v1 import policy_pb2 as ppb
 
-from ._grpc_server import NOT_SERVING, format_address, start_server
+from ._grpc_server import NOT_SERVING, start_server
 from .agent import RUN_CONTEXT, PolicyHub, RunContext
 from .agent import SERVICE_NAME as AGENT_SERVICE
 from .config import RunConfig, Scenario

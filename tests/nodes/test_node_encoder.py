@@ -152,7 +152,7 @@ async def test_a_node_with_a_thread_encoder_stores_exact_pages() -> None:
     pages = Pages(18).mixed(300)
     opts = ServerOptions(compress_in="thread")
     async with running_server(options=opts, max_batch_pages=64) as server:
-        assert type(server._encoder) is ThreadEncoder
+        assert type(server.encoder) is ThreadEncoder
         client = await GrpcNodeClient.connect(server.address)
         try:
             r = await client.store([(0, p) for p in pages])
@@ -165,7 +165,7 @@ async def test_a_node_with_a_thread_encoder_stores_exact_pages() -> None:
 async def test_a_node_whose_worker_dies_keeps_serving_exact_pages() -> None:
     pages = Pages(15)
     async with running_server(max_batch_pages=64) as server:
-        encoder = server._encoder
+        encoder = server.encoder
         if not isinstance(encoder, ProcessEncoder):
             pytest.skip("no lz4 worker process on a single-core machine")
         client = await GrpcNodeClient.connect(server.address)
@@ -185,12 +185,12 @@ async def test_a_node_whose_worker_dies_keeps_serving_exact_pages() -> None:
         finally:
             await client.close()
     # The server's stop ends its worker (here already dead) without hanging.
-    assert server._encoder is None
+    assert server.encoder is None
 
 
 async def test_stopping_a_node_ends_its_worker() -> None:
     async with running_server() as server:
-        encoder = server._encoder
+        encoder = server.encoder
         if not isinstance(encoder, ProcessEncoder):
             pytest.skip("no lz4 worker process on a single-core machine")
         pid = encoder.pid
@@ -237,7 +237,7 @@ async def test_a_server_that_fails_to_start_leaves_no_worker(
         await server.start()
     if _cores() > 1:
         assert spawned and await _exited(spawned[0])
-    assert server._encoder is None
+    assert server.encoder is None
 
 
 async def test_concurrent_streams_through_one_worker_keep_exact_data() -> None:
