@@ -94,25 +94,28 @@ async def test_late_answers_fall_back_and_are_counted() -> None:
     late = {5, 10, 15, 20}
 
     async def play(address: str) -> PolicyAgentClient:
-        # Requests are answered concurrently, so a slow answer does not delay the next ones.
+        # The orchestrator asks one question at a time, so the next request arriving means
+        # the held one's deadline has passed. Its reply goes out then, ahead of the answer
+        # to the next request: late for certain, and while the run is still going, so it
+        # is counted whatever the machine's speed.
         agent = PolicyAgentClient(address, decisions=ALL)
-        tasks = []
-
-        async def answer(req: ppb.DecisionRequest) -> None:
-            if req.request_id in late:
-                await asyncio.sleep(0.25)
-            await agent.reply(echo(req))
-
+        held: list[ppb.DecisionRequest] = []
         async with agent:
             async for msg in agent.messages():
                 body = msg.WhichOneof("body")
                 if body == "request":
-                    tasks.append(asyncio.create_task(answer(msg.request)))
+                    for req in held:
+                        await agent.reply(echo(req))
+                    held.clear()
+                    if msg.request.request_id in late:
+                        held.append(msg.request)
+                    else:
+                        await agent.reply(echo(msg.request))
                 elif body == "rejected":
                     agent.rejected.append(msg.rejected)
                 elif body == "detached":
                     break
-            await asyncio.gather(*tasks)
+        assert not held, "the run ended on a held request; every late one must precede another"
         return agent
 
     doc, agent = await run_with_agent(
