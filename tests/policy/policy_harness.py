@@ -133,7 +133,15 @@ WALL_CLOCK = ("wall_time_s",)
 
 
 def config(text: str = TIERING, policy: str = "kernel", **options: Any) -> RunConfig:
+    """The scenario's run with the given policy.
+
+    An agent's real-time deadline defaults to 10 s here, not the product's 250 ms: a
+    test that does not set one is not about deadlines, and a loaded machine must not
+    turn a prompt answer into a fallback.
+    """
     base = loads_scenario(text).variants[0]
+    if policy == "agent":
+        options.setdefault("deadline", "10s")
     return replace(base, policy=PolicyConfig(policy, options))
 
 

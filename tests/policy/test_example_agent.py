@@ -64,7 +64,11 @@ async def test_example_agent_promotes_less_than_the_kernel() -> None:
                 stub = opb_grpc.OrchestratorStub(channel)
                 kernel = await _submit_and_wait(stub)
                 twice = await _submit_and_wait(
-                    stub, 'policy.name="agent"', 'policy.options.agent="promote-twice"'
+                    stub,
+                    'policy.name="agent"',
+                    'policy.options.agent="promote-twice"',
+                    # Generous: this test is about the agent's answers, not its speed.
+                    'policy.options.deadline="10s"',
                 )
             _, err = await asyncio.wait_for(agent.communicate(), 30)
         finally:

@@ -238,7 +238,8 @@ async def test_a_run_that_cannot_start_fails_with_its_reason() -> None:
 
 async def test_a_run_with_an_agent_through_the_service() -> None:
     """An agent registered for one run id is claimed by that run; it subscribes to its events."""
-    text = small() + '\n[policy]\nname = "agent"\n'
+    # A generous deadline: this test is about claiming, not the agent's speed.
+    text = small() + '\n[policy]\nname = "agent"\noptions = { deadline = "10s" }\n'
     async with service() as s:
         status = await s.submit(text, variant="base")
         agent = PolicyAgentClient(
