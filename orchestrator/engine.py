@@ -411,6 +411,7 @@ class Simulation:
                 zdoc = dict(_asdict(z.stats))
                 zdoc["pool_total_size"] = z.pool_pages * PAGE_SIZE
                 zdoc["pool_pages"] = z.pool_pages
+                zdoc["pages_compacted"] = z.zspool.pages_compacted
                 zdoc["zswap"] = z.pool_bytes()
                 zdoc["zswapped"] = z.zswapped_pages * PAGE_SIZE
                 zdoc["max_pool_pages"] = z.max_pages()

@@ -44,6 +44,20 @@ MAX_SWAPPINESS = 200
 KSWAPD_MAX_FAILURES = 16  # MAX_RECLAIM_RETRIES: kswapd gives up after this many idle runs
 
 
+def reclaim_priority(scanned: int, lru_pages: int, reclaimed: int) -> int:
+    """The priority do_try_to_free_pages() would have reached to scan `scanned`
+    pages of an LRU of `lru_pages` (lru >> priority at each step); 0 when the
+    LRU gave nothing back."""
+    if reclaimed == 0 or lru_pages <= 0:
+        return 0
+    total = 0
+    for priority in range(DEF_PRIORITY, -1, -1):
+        total += lru_pages >> priority
+        if total >= scanned:
+            return priority
+    return 0
+
+
 def inactive_is_low(mm: Mm, inactive: int, active: int) -> bool:
     """inactive_is_low(): inactive * ratio < active, ratio = sqrt(10 * GiB) or 1."""
     n_inactive = mm.lru.count[inactive]
@@ -206,7 +220,7 @@ async def shrink_node(mm: Mm, nid: int, nr_to_reclaim: int, *, kswapd: bool) -> 
     share of the memcg-aware shrinkers (shrink_slab()): zswap's, at the
     priority the pass reached, with the cgroup's deferred work.
     """
-    from .zswap import zswap_shrinker_memcg
+    from .zswap import zs_shrink_slab, zswap_shrinker_memcg
 
     reclaimed = 0
     cost = 0
@@ -216,6 +230,7 @@ async def shrink_node(mm: Mm, nid: int, nr_to_reclaim: int, *, kswapd: bool) -> 
         return 0, 0
     key = "pgscan_kswapd" if kswapd else "pgscan_direct"
     share = max(SWAP_CLUSTER_MAX, nr_to_reclaim // len(memcgs))
+    node_scanned = node_lru_pages = 0
     for idx in memcgs:
         if reclaimed >= nr_to_reclaim:
             break
@@ -228,8 +243,19 @@ async def shrink_node(mm: Mm, nid: int, nr_to_reclaim: int, *, kswapd: bool) -> 
         reclaimed += got
         cost += c
         scanned = host.vmstat[key] - before
+        node_scanned += scanned
+        node_lru_pages += lru_pages
         if scanned:
             cost += await zswap_shrinker_memcg(mm, memcg, scanned, lru_pages, got)
+    # The root cgroup's turn runs the shrinkers that are not memcg-aware:
+    # zsmalloc's, which compacts the zswap pool of each host on this node.
+    if node_scanned:
+        lowest = reclaim_priority(node_scanned, node_lru_pages, reclaimed)
+        for hid in node.hosts:
+            zswap = mm.hosts[hid].zswap
+            if zswap is not None and zswap.zspool.pages_allocated:
+                for priority in range(DEF_PRIORITY, lowest - 1, -1):
+                    cost += await zs_shrink_slab(mm, zswap, priority)
     return reclaimed, cost
 
 

@@ -44,40 +44,14 @@ from .config import ZswapTunables
 from .memcontrol import charge, uncharge
 from .migrate import node_call
 from .page_alloc import MAX_RECLAIM_RETRIES
-from .vmscan import DEF_PRIORITY
+from .shrinker import do_shrink_slab
+from .vmscan import DEF_PRIORITY, reclaim_priority
+from .zsmalloc import ZsPool
 
 if TYPE_CHECKING:
     from ._mm import Memcg, Mm
 
 PAGE_SIZE = 4096
-# mm/zsmalloc.c for 4 KiB pages
-ZS_MIN_ALLOC_SIZE = 32
-ZS_SIZE_CLASS_DELTA = PAGE_SIZE >> 8
-ZS_MAX_PAGES_PER_ZSPAGE = 4
-
-
-def _pages_per_zspage(size: int) -> int:
-    """get_pages_per_zspage(): the zspage length that wastes least."""
-    best, best_used = 1, 0
-    for i in range(1, ZS_MAX_PAGES_PER_ZSPAGE + 1):
-        zspage = i * PAGE_SIZE
-        used = (zspage - zspage % size) * 100 // zspage
-        if used > best_used:
-            best, best_used = i, used
-    return best
-
-
-def size_class(nbytes: int) -> int:
-    """Index of the zsmalloc class serving an object of `nbytes`."""
-    if nbytes <= ZS_MIN_ALLOC_SIZE:
-        return 0
-    return -(-(nbytes - ZS_MIN_ALLOC_SIZE) // ZS_SIZE_CLASS_DELTA)
-
-
-N_CLASSES = size_class(PAGE_SIZE) + 1
-CLASS_SIZE = [min(PAGE_SIZE, ZS_MIN_ALLOC_SIZE + i * ZS_SIZE_CLASS_DELTA) for i in range(N_CLASSES)]
-CLASS_PAGES = [_pages_per_zspage(s) for s in CLASS_SIZE]
-CLASS_OBJS = [CLASS_PAGES[i] * PAGE_SIZE // CLASS_SIZE[i] for i in range(N_CLASSES)]
 
 
 @dataclass
@@ -112,8 +86,9 @@ class Zswap:
     enabled: bool = False
     stats: ZswapStats = field(default_factory=ZswapStats)
     pool_full: bool = False  # zswap_pool_reached_full
-    class_objs: list[int] = field(default_factory=lambda: [0] * N_CLASSES)
-    pool_pages: int = 0
+    zspool: ZsPool = field(default_factory=ZsPool)
+    pool_pages: int = 0  # zs_get_total_pages() of zspool, in step with it
+    zs_shrinker_deferred: int = 0
     # Per-memcg LRU of entries (oldest first), for writeback.
     lru: dict[int, OrderedDict[int, None]] = field(default_factory=dict)
     # Charged length of each entry (for uncharge), by page.
@@ -144,42 +119,45 @@ class Zswap:
         return self.pool_full
 
     def pool_bytes(self) -> int:
-        """vmstat `zswap`: compressed bytes stored in the pool."""
-        return sum(CLASS_SIZE[i] * n for i, n in enumerate(self.class_objs))
+        """Bytes of the pool's size classes that hold entries (no zspage waste)."""
+        return self.zspool.inuse_bytes
 
 
-def _pool_add(mm: Mm, zswap: Zswap, nbytes: int) -> bool:
-    """zs_malloc(): place an object, growing the pool by whole zspages from DRAM."""
+def _pool_add(mm: Mm, zswap: Zswap, page: int, nbytes: int) -> bool:
+    """zs_malloc(): place the page's entry, growing the pool by a whole zspage
+    from DRAM when no zspage of its class has room."""
     from .page_alloc import take_frame, zone_watermark_ok
 
-    c = size_class(nbytes)
-    objs = zswap.class_objs[c]
-    if objs % CLASS_OBJS[c] == 0:
-        need = CLASS_PAGES[c]
+    need = zswap.zspool.pages_needed(nbytes)
+    if need:
         dram = mm.nodes[zswap.dram_node]
         if not zone_watermark_ok(mm, zswap.dram_node, dram.wmark.min, need):
             return False
-        for _ in range(need):
-            take_frame(mm, zswap.dram_node)
-        zswap.pool_pages += need
-    zswap.class_objs[c] = objs + 1
+    grown = zswap.zspool.malloc(page, nbytes)
+    for _ in range(grown):
+        take_frame(mm, zswap.dram_node)
+    zswap.pool_pages += grown
     return True
 
 
-def _pool_remove(mm: Mm, zswap: Zswap, nbytes: int) -> None:
-    """zs_free(): release an object; an emptied zspage goes back to DRAM.
-
-    Objects are assumed compacted within their class, so the pool holds
-    ceil(objects / objs_per_zspage) zspages per class.
-    """
+def _pool_shrunk(mm: Mm, zswap: Zswap, freed: int) -> None:
     from .page_alloc import free_frame
 
-    c = size_class(nbytes)
-    zswap.class_objs[c] -= 1
-    if zswap.class_objs[c] % CLASS_OBJS[c] == 0:
-        for _ in range(CLASS_PAGES[c]):
-            free_frame(mm, zswap.dram_node)
-        zswap.pool_pages -= CLASS_PAGES[c]
+    for _ in range(freed):
+        free_frame(mm, zswap.dram_node)
+    zswap.pool_pages -= freed
+
+
+def _pool_remove(mm: Mm, zswap: Zswap, page: int) -> None:
+    """zs_free(): release the page's entry; a zspage left empty goes back to DRAM."""
+    _pool_shrunk(mm, zswap, zswap.zspool.free(page))
+
+
+def zs_compact(mm: Mm, zswap: Zswap) -> int:
+    """zs_compact() on the pool: pages given back to DRAM."""
+    freed = zswap.zspool.compact()
+    _pool_shrunk(mm, zswap, freed)
+    return freed
 
 
 def compress(tunables: ZswapTunables, data: bytes) -> int:
@@ -265,7 +243,7 @@ async def zswap_store(
         clen = PAGE_SIZE
         zswap.stats.stored_incompressible_pages += 1
     # 6. allocate in the pool
-    if not _pool_add(mm, zswap, clen):
+    if not _pool_add(mm, zswap, page, clen):
         zswap.stats.reject_alloc_fail += 1
         if clen == PAGE_SIZE:
             zswap.stats.stored_incompressible_pages -= 1
@@ -303,11 +281,9 @@ async def _entry_free(mm: Mm, zswap: Zswap, page: int, memcg: Memcg) -> int:
     if pages.state[page] == PS_ZSWAP_DIRECT:
         zswap.stats.stored_direct_pages -= 1
         return 0
-    zs = pages.zsize[page]
-    nbytes = PAGE_SIZE if zs == 0xFFFF else zs
-    if nbytes == PAGE_SIZE:
+    if pages.zsize[page] == 0xFFFF:
         zswap.stats.stored_incompressible_pages -= 1
-    _pool_remove(mm, zswap, nbytes)
+    _pool_remove(mm, zswap, page)
     return 0
 
 
@@ -388,7 +364,7 @@ async def writeback_entry(mm: Mm, zswap: Zswap, page: int, memcg: Memcg) -> tupl
         pages.state[page] = PS_ZSWAP
         clen = compress(zswap.tunables, data)
         clen = min(clen, PAGE_SIZE)
-        _pool_add(mm, zswap, clen)
+        _pool_add(mm, zswap, page, clen)
         pages.zsize[page] = clen if clen < PAGE_SIZE else 0xFFFF
         if clen == PAGE_SIZE:
             zswap.stats.stored_incompressible_pages += 1
@@ -496,26 +472,6 @@ def start_shrink_worker(mm: Mm, zswap: Zswap) -> None:
     mm.sched.after(0, step, "zswap_shrink")
 
 
-# mm/shrinker.c: shrink_slab() scans in batches of SHRINK_BATCH; zswap's
-# shrinker has DEFAULT_SEEKS.
-SHRINK_BATCH = 128
-DEFAULT_SEEKS = 2
-
-
-def reclaim_priority(scanned: int, lru_pages: int, reclaimed: int) -> int:
-    """The priority do_try_to_free_pages() would have reached to scan `scanned`
-    pages of an LRU of `lru_pages` (lru >> priority at each step); 0 when the
-    LRU gave nothing back."""
-    if reclaimed == 0 or lru_pages <= 0:
-        return 0
-    total = 0
-    for priority in range(DEF_PRIORITY, -1, -1):
-        total += lru_pages >> priority
-        if total >= scanned:
-            return priority
-    return 0
-
-
 def zswap_shrinker_count(memcg: Memcg, on_lru: int) -> int:
     """zswap_shrinker_count(): the cgroup's entries on the zswap LRU, less
     those protected by recent swap-ins from disk, scaled by the pool pages per
@@ -535,14 +491,10 @@ def zswap_shrinker_count(memcg: Memcg, on_lru: int) -> int:
 async def zswap_shrink_slab(mm: Mm, memcg: Memcg, priority: int) -> int:
     """do_shrink_slab() of zswap's shrinker for one cgroup at one reclaim priority: ns.
 
-    total_scan = (deferred >> priority) + (freeable >> priority) * 4 /
-    DEFAULT_SEEKS, capped at twice the freeable entries; the zswap LRU is
-    walked in batches of SHRINK_BATCH (a referenced entry is rotated and
-    counts as walked) only while total_scan reaches a batch or all that is
-    freeable. A batch that writes nothing back ends the pass (SHRINK_STOP)
-    uncounted. What is left is deferred to the next call, capped at twice
-    the freeable entries: while reclaim succeeds at high priorities the
-    shrinker mostly defers; it writes back when reclaim has to go deeper.
+    The zswap LRU is walked in batches (a referenced entry is rotated and
+    counts as walked); a batch that writes nothing back ends the pass
+    (SHRINK_STOP). While reclaim succeeds at high priorities the shrinker
+    mostly defers; it writes back when reclaim has to go deeper.
     """
     host = mm.hosts[memcg.host]
     zswap = host.zswap
@@ -557,19 +509,37 @@ async def zswap_shrink_slab(mm: Mm, memcg: Memcg, priority: int) -> int:
         return 0
     nr = memcg.zswap_shrinker_deferred
     memcg.zswap_shrinker_deferred = 0
-    delta = (freeable >> priority) * 4 // DEFAULT_SEEKS
-    total_scan = min((nr >> priority) + delta, 2 * freeable)
-    scanned = 0
-    cost = 0
-    while total_scan >= SHRINK_BATCH or total_scan >= freeable:
-        batch = min(SHRINK_BATCH, total_scan)
+
+    async def scan(batch: int) -> tuple[bool, int]:
         status, _, c = await shrink_memcg_walk(mm, zswap, memcg.index, batch)
-        cost += c
-        if status != SHRINK_OK:
-            break
-        total_scan -= batch
-        scanned += batch
-    memcg.zswap_shrinker_deferred = min(max(nr + delta - scanned, 0), 2 * freeable)
+        return status != SHRINK_OK, c
+
+    memcg.zswap_shrinker_deferred, cost = await do_shrink_slab(freeable, nr, priority, scan)
+    return cost
+
+
+async def zs_shrink_slab(mm: Mm, zswap: Zswap, priority: int) -> int:
+    """do_shrink_slab() of the pool's own shrinker (zs_shrinker_count() /
+    zs_shrinker_scan()) at one reclaim priority: ns.
+
+    It counts the pages compaction could free and, when asked to scan at
+    all, compacts the whole pool (zs_compact()). It is not memcg-aware, so
+    only global reclaim (kswapd, direct reclaim) runs it, never a cgroup's
+    limit reclaim.
+    """
+    freeable = zswap.zspool.can_compact()
+    if not freeable:
+        return 0
+    nr = zswap.zs_shrinker_deferred
+    zswap.zs_shrinker_deferred = 0
+
+    async def scan(_batch: int) -> tuple[bool, int]:
+        before = zswap.zspool.bytes_moved
+        freed = zs_compact(mm, zswap)
+        moved = zswap.zspool.bytes_moved - before
+        return freed == 0, int(moved * mm.costs.memcpy_ns_per_byte)
+
+    zswap.zs_shrinker_deferred, cost = await do_shrink_slab(freeable, nr, priority, scan)
     return cost
 
 
@@ -590,6 +560,7 @@ async def zswap_shrinker_memcg(
 __all__ = [
     "Zswap",
     "ZswapStats",
+    "zs_shrink_slab",
     "zswap_invalidate",
     "zswap_load",
     "zswap_shrink_slab",

@@ -34,9 +34,11 @@ _POOL_LIMIT = (
     "After the global limit is hit the kernel writes back 10.2-11.4k entries and ends with "
     "744-1,677 in the pool. A function trace of one guest run shows its shrink_worker() running "
     "48 times, each calling shrink_memcg() ~30 times (84 in the last runs) with 16 entries "
-    "walked a call, as tiersim's worker now does. tiersim writes back 7.1k (0.65x) and ends "
+    "walked a call, as tiersim's worker now does. tiersim writes back 6.6k (0.61x) and ends "
     "with 5.1k entries, so more pages are still in zswap when the workload reads them again "
-    "(zswpin 1.4x); it also hits the limit more often (pool_limit_hit 1,542 against 694-1,249)."
+    "(zswpin 1.4x); it also hits the limit more often (pool_limit_hit 1,782 against 694-1,249). "
+    "Modelling zsmalloc's zspages, which limit reclaim never compacts, raised tiersim's pool "
+    "pages per entry at the end from 0.43 to 0.48 (kernel 0.58-0.62) but not the writeback."
 )
 _FALLBACK = (
     "When node 0 reaches its low watermark tiersim allocates on node 1 without waking kswapd "
@@ -59,8 +61,8 @@ _DIRECT = (
     "The kernel demotes 47.5-55.3k pages from kswapd and 1.0-1.8k from direct reclaim "
     "(allocstall 123-180, kcompactd woken 87-104 times: watermark boosting, as in G3). zswap's "
     "counters agree within 1-4 %; tiersim enters direct reclaim about three times as often "
-    "(allocstall 432), never demotes from it because node 1 is below its min watermark each "
-    "time, and kswapd demotes 30.7k pages (0.60x)."
+    "(allocstall 452), never demotes from it because node 1 is below its min watermark each "
+    "time, and kswapd demotes 32.5k pages (0.63x)."
 )
 _PROMOTION = (
     "tiersim's scanner leaves PTEs already PROT_NONE alone (prot_numa_skip()), doubles its "

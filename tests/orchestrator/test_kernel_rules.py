@@ -88,6 +88,24 @@ def test_pool_limit_hit_and_writeback_to_swap(simulate: Any) -> None:
     assert host["zswap"]["pool_total_size"] <= (host["zswap"]["max_pool_pages"] + 4) * 4096
 
 
+def test_zsmalloc_pool_is_compacted_by_global_reclaim_only(simulate: Any) -> None:
+    """zsmalloc's shrinker is not memcg-aware: kswapd compacts, limit reclaim never does."""
+    glob = simulate(tunables__zswap__enabled=True, tunables__zswap__max_pool_percent=50)
+    assert vm(glob, "pgscan_kswapd") > 0
+    assert zs(glob, "pages_compacted") > 0
+    limit = simulate(
+        tunables__zswap__enabled=True,
+        tunables__zswap__max_pool_percent=50,
+        nodes__dram0__capacity="64MiB",
+        cgroups__app__memory_max="8MiB",
+    )
+    assert vm(limit, "pgscan_kswapd") == 0 and vm(limit, "zswpin") > 0
+    assert zs(limit, "pages_compacted") == 0
+    # Loads free entries across the pool's zspages and nothing moves the rest
+    # together: the pool holds well over the bytes its entries' classes take.
+    assert zs(limit, "pool_pages") * 4096 > 1.1 * zs(limit, "zswap")
+
+
 def test_pool_limit_hysteresis_accept_threshold() -> None:
     z = Zswap(
         host=0,

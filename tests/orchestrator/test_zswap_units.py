@@ -1,35 +1,6 @@
-"""zsmalloc size classes and pool accounting used by zswap's pool_total_size."""
+"""Watermarks and the zswap shrinker's count."""
 
 from tiersim.orchestrator.page_alloc import min_free_kbytes, setup_watermarks
-from tiersim.orchestrator.zswap import (
-    CLASS_OBJS,
-    CLASS_PAGES,
-    CLASS_SIZE,
-    N_CLASSES,
-    size_class,
-)
-
-
-def test_size_classes_cover_32_to_4096_in_16_byte_steps() -> None:
-    assert CLASS_SIZE[0] == 32
-    assert CLASS_SIZE[1] == 48
-    assert CLASS_SIZE[-1] == 4096
-    assert N_CLASSES == 255
-
-
-def test_objects_map_to_smallest_class_that_fits() -> None:
-    for n in (1, 32, 33, 48, 49, 1000, 2990, 4095, 4096):
-        c = size_class(n)
-        assert CLASS_SIZE[c] >= n
-        assert c == 0 or CLASS_SIZE[c - 1] < n
-
-
-def test_zspage_length_minimises_waste() -> None:
-    # A 4096-byte object: one page, one object.
-    assert CLASS_PAGES[-1] == 1 and CLASS_OBJS[-1] == 1
-    # 3072-byte objects waste 25 % in one page but nothing in three.
-    c = size_class(3072)
-    assert CLASS_PAGES[c] == 3 and CLASS_OBJS[c] == 4
 
 
 def test_min_free_kbytes_and_watermarks_follow_page_alloc() -> None:
