@@ -168,6 +168,7 @@ class ZsPool:
         self.pages_allocated = 0  # zs_get_total_pages()
         self.pages_compacted = 0
         self.bytes_moved = 0  # by compaction, for its cost
+        self.compactable = 0  # the sum of every class's zs_can_compact(), kept current
         self.inuse_bytes = 0  # class bytes of the objects in use
 
     def _class(self, index: int) -> SizeClass:
@@ -191,6 +192,7 @@ class ZsPool:
         if key in self.where:
             raise KeyError(f"object {key} is already allocated")
         cls = self._class(size_class(nbytes))
+        before = cls.can_compact()
         zspage = cls.find_get_zspage()
         grown = 0
         if zspage is None:
@@ -206,18 +208,22 @@ class ZsPool:
         self.where[key] = zspage
         cls.objs_inuse += 1
         self.inuse_bytes += cls.size
+        self.compactable += cls.can_compact() - before
         return grown
 
     def free(self, key: int) -> int:
         """zs_free(): release object `key`; returns the pages given back."""
         zspage = self.where.pop(key)
         cls = self.classes[zspage.cls]
+        before = cls.can_compact()
         del zspage.objs[key]
         cls.objs_inuse -= 1
         self.inuse_bytes -= cls.size
+        freed = 0
         if cls.fix_fullness_group(zspage) == ZS_INUSE_RATIO_0:
-            return self._free_zspage(cls, zspage)
-        return 0
+            freed = self._free_zspage(cls, zspage)
+        self.compactable += cls.can_compact() - before
+        return freed
 
     def _free_zspage(self, cls: SizeClass, zspage: Zspage) -> int:
         cls.remove(zspage)
@@ -227,7 +233,7 @@ class ZsPool:
 
     def can_compact(self) -> int:
         """zs_shrinker_count(): pages compaction could free, over all classes."""
-        return sum(cls.can_compact() for cls in self.classes.values())
+        return self.compactable
 
     def compact(self) -> int:
         """zs_compact(): move objects from the emptiest zspages of each class into
@@ -235,7 +241,9 @@ class ZsPool:
         freed = 0
         for index in sorted(self.classes, reverse=True):
             cls = self.classes[index]
+            before = cls.can_compact()
             freed += self._compact_class(cls)
+            self.compactable += cls.can_compact() - before
         self.pages_compacted += freed
         return freed
 

@@ -135,4 +135,5 @@ def test_pages_always_equal_the_zspages_held(
             assert cls.get_fullness_group(z) == z.fullness
             assert all(pool.where[k] is z for k in z.objs)
     assert held == pool.pages_allocated
+    assert pool.can_compact() == sum(cls.can_compact() for cls in pool.classes.values())
     assert sum(len(z.objs) for z in set(pool.where.values())) == len(pool.where)
