@@ -19,6 +19,12 @@ OnNodeLoss = Literal["continue", "stop"]
 class HostConfig:
     name: str
     cpus: int = 4
+    # MemTotal: the memory the host's kernel manages, its own use included
+    # (totalram_pages()). None: the capacities of its DRAM and CXL nodes, all
+    # of which tiersim hands to workloads. zswap's max_pool_percent is a share
+    # of it; set it above the capacities to model a kernel that keeps part of
+    # its memory for itself.
+    total_ram: int | None = None
 
 
 @dataclass(frozen=True)

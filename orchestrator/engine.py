@@ -203,7 +203,11 @@ class Simulation:
                 swap_nodes=[n.id for n in mine if n.kind == NodeKind.STORAGE],
                 tiers=tiers,
                 zonelist=zonelist,
-                total_ram_pages=sum(mm.nodes[i].present_pages for i in zonelist),
+                total_ram_pages=(
+                    hcfg.total_ram // PAGE_SIZE
+                    if hcfg.total_ram is not None
+                    else sum(mm.nodes[i].present_pages for i in zonelist)
+                ),
             )
             host.promo = PromoState()
             zt = cfg.tunables.zswap

@@ -163,7 +163,7 @@ SCHEMA: dict[str, Any] = {
         "exclusive",
     ),
     "policy": {"name": LEAF, "options": FREE},
-    "hosts": _ListOf(_leaves("name", "cpus")),
+    "hosts": _ListOf(_leaves("name", "cpus", "total_ram")),
     "nodes": _ListOf(
         {
             **_leaves(
@@ -1018,7 +1018,11 @@ class _RunBuilder:
             self.fail(ROOT / "hosts", "no hosts: add at least one [[hosts]] table")
         self.unique_names("hosts", "host")
         return tuple(
-            HostConfig(name=entry["name"], cpus=self.integer(entry, at, "cpus", 4, lo=1))
+            HostConfig(
+                name=entry["name"],
+                cpus=self.integer(entry, at, "cpus", 4, lo=1),
+                total_ram=self.size(entry, at, "total_ram", None, positive=True),
+            )
             for at, entry in self.entries("hosts")
         )
 
@@ -1040,6 +1044,17 @@ class _RunBuilder:
                 ]
                 self.fail(
                     [at, *placement], f"impossible topology: host {host.name!r} has no DRAM node"
+                )
+            ram = sum(
+                n.physical_bytes
+                for n in nodes
+                if n.kind in ("dram", "cxl") and host.name in n.hosts
+            )
+            if host.total_ram is not None and host.total_ram < ram:
+                self.fail(
+                    at / "total_ram",
+                    f"total_ram ({format_size(host.total_ram)}) is less than the "
+                    f"{format_size(ram)} in the DRAM and CXL nodes of host {host.name!r}",
                 )
         return nodes
 

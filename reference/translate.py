@@ -21,9 +21,9 @@ What is calibrated from a recording, when one is given:
   byte-addressable node gets the ``MemFree`` the guest reported at the
   workload's start, so the workload meets the same free memory and the same
   point where reclaim starts.
-* ``max_pool_percent`` is taken of total RAM (``MemTotal``) by the kernel; it
-  is rescaled so that tiersim's pool cap, taken of the smaller capacities
-  above, is as close as an integer percentage allows to the kernel's cap.
+* Total RAM. The kernel takes ``max_pool_percent`` of ``MemTotal``, which
+  counts the memory it uses itself; the host gets ``total_ram`` = the guest's
+  ``MemTotal``, so tiersim's pool cap is the kernel's to the page.
 * The cgroup limits. The guest program locks its own few pages (text,
   stack, I/O buffers) into the cgroup before it maps the footprint; their
   charge (``workload.baseline_bytes``, about 100 KiB) is taken off
@@ -67,15 +67,12 @@ def node_capacities(w: ReferenceWorkload, data: Mapping[str, Any] | None) -> lis
     return out
 
 
-def pool_percent(
-    w: ReferenceWorkload, data: Mapping[str, Any] | None, capacities: list[int]
-) -> int:
-    """max_pool_percent for tiersim, so that its pool cap matches the kernel's."""
-    pct = w.zswap.max_pool_percent
+def total_ram(data: Mapping[str, Any] | None, capacities: list[int]) -> int | None:
+    """The host's total_ram: the guest's MemTotal, whole pages, never below the capacities."""
     total = _meminfo_min(data, "global.MemTotal")
-    if not total or not pct:
-        return pct
-    return max(1, min(100, round(pct * total / sum(capacities))))
+    if not total:
+        return None
+    return max(total // PAGE_SIZE * PAGE_SIZE, sum(capacities))
 
 
 def guest_think_ns(w: ReferenceWorkload, data: Mapping[str, Any] | None) -> int | None:
@@ -205,6 +202,10 @@ def to_scenario(
     t = w.tunables
     c = w.cgroup
     base = guest_baseline(data)
+    host: dict[str, Any] = {"name": HOST_NAME, "cpus": w.cpus}
+    ram = total_ram(data, caps)
+    if ram is not None:
+        host["total_ram"] = _size(ram)
 
     def room(limit: int | None) -> int | None:
         return None if limit is None else max(PAGE_SIZE, limit - base)
@@ -217,7 +218,7 @@ def to_scenario(
             "seed": w.seed,
             "duration": DURATION,
         },
-        "hosts": [{"name": HOST_NAME, "cpus": w.cpus}],
+        "hosts": [host],
         "nodes": nodes,
         "tunables": {
             "demotion_enabled": t.demotion_enabled,
@@ -226,7 +227,7 @@ def to_scenario(
             "zswap": {
                 "enabled": z.enabled,
                 "compressor": z.compressor,
-                "max_pool_percent": pool_percent(w, data, caps),
+                "max_pool_percent": z.max_pool_percent,
                 "accept_threshold_percent": z.accept_threshold_percent,
                 "shrinker_enabled": z.shrinker_enabled,
             },

@@ -106,6 +106,16 @@ def test_zsmalloc_pool_is_compacted_by_global_reclaim_only(simulate: Any) -> Non
     assert zs(limit, "pool_pages") * 4096 > 1.1 * zs(limit, "zswap")
 
 
+def test_pool_cap_is_a_share_of_total_ram(simulate: Any) -> None:
+    """zswap_max_pages() = totalram_pages() * max_pool_percent / 100: MemTotal, which
+    counts the kernel's own memory, not just what workloads may use."""
+    default = simulate(tunables__zswap__enabled=True)
+    host = default["hosts"]["h0"]["zswap"]
+    assert host["max_pool_pages"] == (8 + 4) * 256 * 20 // 100  # dram0 + cxl0
+    bigger = simulate(tunables__zswap__enabled=True, hosts__h0__total_ram="24MiB")
+    assert bigger["hosts"]["h0"]["zswap"]["max_pool_pages"] == 24 * 256 * 20 // 100
+
+
 def test_pool_limit_hysteresis_accept_threshold() -> None:
     z = Zswap(
         host=0,

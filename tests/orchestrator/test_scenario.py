@@ -807,6 +807,14 @@ ERROR_CASES: list[tuple[str, Callable[[], str], str | tuple[str, int], str, str]
         r"^impossible topology: host 'host1' has no DRAM node$",
     ),
     (
+        "a host's total_ram below its nodes",
+        lambda: edit('name = "host0"\ncpus = 8', 'name = "host0"\ncpus = 8\ntotal_ram = "100MiB"'),
+        'total_ram = "100MiB"',
+        "hosts.host0.total_ram",
+        r"^total_ram \(100.0MiB\) is less than the 192.0MiB in the DRAM and CXL nodes "
+        r"of host 'host0'$",
+    ),
+    (
         "a DRAM node shared by hosts",
         lambda: edit(
             'host = "host0"\ncapacity = "64MiB"', 'hosts = ["host0", "host1"]\ncapacity = "64MiB"'

@@ -17,10 +17,10 @@ from tiersim.reference.translate import (
     guest_think_ns,
     guest_think_schedule,
     node_capacities,
-    pool_percent,
     scenario_toml,
     to_run_config,
     to_scenario,
+    total_ram,
 )
 
 DATA: dict[str, Any] = {
@@ -75,11 +75,14 @@ def test_calibration_from_a_recording() -> None:
     w = parse_workload(MINIMAL)
     caps = node_capacities(w, DATA)
     assert caps == [200 << 20]
-    # 20 % of 230 MiB taken of 200 MiB: 23 %.
-    assert pool_percent(w, DATA, caps) == 23
+    # The kernel takes max_pool_percent of MemTotal (230 MiB), not of the free 200 MiB.
+    assert total_ram(DATA, caps) == 230 << 20
+    assert total_ram(None, caps) is None
     assert guest_baseline(DATA) == 110_592  # rounded up to pages
     assert guest_think_ns(w, DATA) == (6_144_000_000 // 6144)
     s = to_scenario(w, DATA)
+    assert s["hosts"][0]["total_ram"] == "230MiB"
+    assert s["tunables"]["zswap"]["max_pool_percent"] == w.zswap.max_pool_percent
     assert s["cgroups"][0]["memory_max"] == f"{(8 << 10) - 108}KiB"
     assert "think_ns" not in s["workloads"][0]["pattern"]  # not a NUMA workload
     s = to_scenario(w, DATA, guest_time=True)
