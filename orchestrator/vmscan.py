@@ -218,7 +218,9 @@ async def shrink_node(mm: Mm, nid: int, nr_to_reclaim: int, *, kswapd: bool) -> 
 
     As shrink_node_memcgs() does, each cgroup's LRU pass is followed by its
     share of the memcg-aware shrinkers (shrink_slab()): zswap's, at the
-    priority the pass reached, with the cgroup's deferred work.
+    priority the pass reached, with the cgroup's deferred work. The root
+    cgroup's turn runs the shrinkers that are not memcg-aware: zsmalloc's,
+    which compacts the zswap pool of each host on the node.
     """
     from .zswap import zs_shrink_slab, zswap_shrinker_memcg
 
@@ -226,10 +228,8 @@ async def shrink_node(mm: Mm, nid: int, nr_to_reclaim: int, *, kswapd: bool) -> 
     cost = 0
     node = mm.nodes[nid]
     memcgs = sorted(node.lru)
-    if not memcgs:
-        return 0, 0
     key = "pgscan_kswapd" if kswapd else "pgscan_direct"
-    share = max(SWAP_CLUSTER_MAX, nr_to_reclaim // len(memcgs))
+    share = max(SWAP_CLUSTER_MAX, nr_to_reclaim // max(len(memcgs), 1))
     node_scanned = node_lru_pages = 0
     for idx in memcgs:
         if reclaimed >= nr_to_reclaim:
@@ -247,15 +247,14 @@ async def shrink_node(mm: Mm, nid: int, nr_to_reclaim: int, *, kswapd: bool) -> 
         node_lru_pages += lru_pages
         if scanned:
             cost += await zswap_shrinker_memcg(mm, memcg, scanned, lru_pages, got)
-    # The root cgroup's turn runs the shrinkers that are not memcg-aware:
-    # zsmalloc's, which compacts the zswap pool of each host on this node.
-    if node_scanned:
-        lowest = reclaim_priority(node_scanned, node_lru_pages, reclaimed)
-        for hid in node.hosts:
-            zswap = mm.hosts[hid].zswap
-            if zswap is not None and zswap.zspool.pages_allocated:
-                for priority in range(DEF_PRIORITY, lowest - 1, -1):
-                    cost += await zs_shrink_slab(mm, zswap, priority)
+    # The root cgroup's turn, at every priority the pass went through (all of
+    # them when the LRUs gave nothing back).
+    lowest = reclaim_priority(node_scanned, node_lru_pages, reclaimed)
+    for hid in node.hosts:
+        zswap = mm.hosts[hid].zswap
+        if zswap is not None and zswap.zspool.pages_allocated:
+            for priority in range(DEF_PRIORITY, lowest - 1, -1):
+                cost += await zs_shrink_slab(mm, zswap, priority)
     return reclaimed, cost
 
 

@@ -123,13 +123,14 @@ class Zswap:
         return self.zspool.inuse_bytes
 
 
-def _pool_add(mm: Mm, zswap: Zswap, page: int, nbytes: int) -> bool:
+def _pool_add(mm: Mm, zswap: Zswap, page: int, nbytes: int, *, force: bool = False) -> bool:
     """zs_malloc(): place the page's entry, growing the pool by a whole zspage
-    from DRAM when no zspage of its class has room."""
+    from DRAM when no zspage of its class has room (down to the min watermark,
+    unless `force`)."""
     from .page_alloc import take_frame, zone_watermark_ok
 
     need = zswap.zspool.pages_needed(nbytes)
-    if need:
+    if need and not force:
         dram = mm.nodes[zswap.dram_node]
         if not zone_watermark_ok(mm, zswap.dram_node, dram.wmark.min, need):
             return False
@@ -359,12 +360,14 @@ async def writeback_entry(mm: Mm, zswap: Zswap, page: int, memcg: Memcg) -> tupl
     _swapped, refused, c = await swap_write(mm, host, [(page, data)])
     cost += c
     if refused:
-        # No swap space: the page's data is still known to the engine; keep
-        # it in zswap as before.
+        # No swap space. The kernel cannot get here (the entry's swap slot is
+        # already reserved), but a tiersim swap node can be full or gone: the
+        # page goes back into the pool, whatever the watermark, so nothing is
+        # lost and the pool's accounting holds.
         pages.state[page] = PS_ZSWAP
         clen = compress(zswap.tunables, data)
         clen = min(clen, PAGE_SIZE)
-        _pool_add(mm, zswap, page, clen)
+        _pool_add(mm, zswap, page, clen, force=True)
         pages.zsize[page] = clen if clen < PAGE_SIZE else 0xFFFF
         if clen == PAGE_SIZE:
             zswap.stats.stored_incompressible_pages += 1

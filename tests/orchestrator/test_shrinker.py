@@ -44,3 +44,14 @@ def test_shrink_stop_ends_the_pass_uncounted() -> None:
     assert len(asked) == 3
     # Two batches counted; the stopped one is not, and the rest is deferred.
     assert nxt == 2000 - 2 * SHRINK_BATCH
+
+
+def test_deferred_work_is_added_back_by_priority() -> None:
+    # 8,000 deferred >> 6 = 125, plus 30 due now: a whole batch at priority 6.
+    asked, nxt, _ = run(1000, 8000, 6)
+    assert asked == [SHRINK_BATCH]
+    # What was due (deferred + delta) less what was scanned, capped at 2 x freeable.
+    assert nxt == min(8000 + 30 - SHRINK_BATCH, 2000)
+    # Deferred work too small to reach a batch at this priority stays deferred, grown.
+    asked, nxt, _ = run(1000, 500, 6)
+    assert asked == [] and nxt == 530

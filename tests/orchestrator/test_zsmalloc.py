@@ -42,6 +42,14 @@ def test_an_object_takes_its_handle_and_rounds_up_to_its_class() -> None:
         assert CLASS_SIZE[size_class(n)] >= min(n + 8, PAGE_SIZE)
 
 
+def test_huge_objects_take_a_page_each_from_3625_bytes() -> None:
+    # huge_class_size is 3632 with a chain of 8; less the handle's 7 bytes of slack.
+    assert (CLASS_SIZE[size_class(3624)], CLASS_PAGES[size_class(3624)]) == (3632, 8)
+    assert CLASS_OBJS[size_class(3624)] == 9
+    assert CLASS_SIZE[size_class(3625)] == PAGE_SIZE
+    assert (CLASS_PAGES[size_class(3625)], CLASS_OBJS[size_class(3625)]) == (1, 1)
+
+
 def test_chain_length_wastes_least() -> None:
     assert calculate_zspage_chain_size(4096) == 1  # powers of two: one page
     assert calculate_zspage_chain_size(2048) == 1
@@ -64,7 +72,7 @@ def test_freeing_in_lru_order_leaves_partly_used_zspages() -> None:
     for key in range(0, per * 10, 2):
         assert pool.free(key) == 0
     assert pool.pages_allocated == 10 * pages
-    assert pool.can_compact() == 5 * pages - (5 * pages) % pages
+    assert pool.can_compact() == 5 * pages
     # New objects fill the holes before any new zspage.
     for key in range(per * 10, per * 10 + per * 5 - 5):
         assert pool.malloc(key, 1700) == 0
@@ -84,6 +92,41 @@ def test_allocation_prefers_the_fullest_zspage() -> None:
     # The new object went to the 3-of-4 zspage (75 %), not the 1-of-4 one.
     assert pool.where[100] is pool.where[5]
     assert len(before) == 2
+
+
+def test_among_equally_full_zspages_the_last_inserted_is_used_first() -> None:
+    """list_add() puts a zspage at its group's head; find_get_zspage() takes the head."""
+    pool = ZsPool()
+    per = CLASS_OBJS[size_class(1000)]  # 4 objects a page
+    for key in range(3 * per):
+        pool.malloc(key, 1000)
+    first, second, third = (pool.where[k * per] for k in range(3))
+    # Bring all three to 2 of 4 (50 %): the one that moved into the group last is third.
+    for key in (0, 1, per, per + 1, 2 * per, 2 * per + 1):
+        pool.free(key)
+    pool.malloc(1000, 1000)
+    assert pool.where[1000] is third
+    assert first is not third and second is not third
+
+
+def test_compaction_moves_from_the_emptiest_into_the_fullest() -> None:
+    pool = ZsPool()
+    per = CLASS_OBJS[size_class(1000)]
+    for key in range(3 * per):
+        pool.malloc(key, 1000)
+    a, b, c = (pool.where[k * per] for k in range(3))
+    # a keeps 3 of 4, b 1 of 4, c 2 of 4.
+    for key in (0, per, per + 1, per + 2, 2 * per, 2 * per + 1):
+        pool.free(key)
+    assert pool.can_compact() == 1
+    assert pool.compact() == 1
+    # b (the emptiest) was emptied into a (the fullest), which is now full; c is untouched.
+    assert len(a.objs) == per and len(c.objs) == 2
+    assert b not in set(pool.where.values())
+    # Objects freed after a compaction are found where it moved them.
+    for key in list(pool.where):
+        pool.free(key)
+    assert pool.pages_allocated == 0 and pool.can_compact() == 0
 
 
 def test_compaction_gives_back_what_it_counts_and_keeps_every_object() -> None:

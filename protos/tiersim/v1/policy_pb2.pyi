@@ -964,10 +964,12 @@ class ZswapContext(_message.Message):
     CGROUP_ZSWAP_CURRENT_FIELD_NUMBER: _builtins.int
     CGROUP_ZSWAP_MAX_FIELD_NUMBER: _builtins.int
     pool_bytes: _builtins.int
-    """Compressed bytes in the pool, and the pool's size in whole pages."""
+    """Bytes of the size classes holding the pool's entries, and the pool's
+    size in zsmalloc's pages (fragmentation included), in bytes.
+    """
     pool_total_size: _builtins.int
     max_pool_bytes: _builtins.int
-    """max_pool_percent of RAM, in bytes."""
+    """max_pool_percent of the host's total_ram, in bytes."""
     stored_pages: _builtins.int
     pool_full: _builtins.bool
     """True while the pool is refusing stores after hitting its limit."""
