@@ -46,15 +46,43 @@ def tiersim_argv(*args: str, netns: str | None = None) -> list[str]:
     return ["ip", "netns", "exec", netns, *argv] if netns else argv
 
 
-def wait_until_running(
-    launcher: Launcher, node: str, proc: subprocess.Popen[str], settle: float = 2.0
-) -> None:
-    """Return once the run in `proc` has set up `node` and worked a while.
+_PROBE = """
+import asyncio, sys
+from tiersim._security import ClientSecurity
+from tiersim.nodes import GrpcNodeClient
 
-    The engine resets every node when it connects; the node logs it. From
-    then on the run moves pages, and `settle` seconds later the node holds
-    some (the scenarios used here demote early). Timing the fault from the
-    run's own progress, not from its start, keeps it mid-run on a busy machine.
+async def main():
+    token = sys.argv[2] or None
+    client = await GrpcNodeClient.connect(
+        sys.argv[1], timeout=10, security=ClientSecurity.from_files(token_file=token)
+    )
+    try:
+        print((await client.stats()).allocated_pages)
+    finally:
+        await client.close()
+
+asyncio.run(main())
+"""
+
+
+def allocated_pages(launcher: Launcher, node: str, netns: str | None = None) -> int:
+    """Pages `node` holds now, asked over gRPC from `netns` (the orchestrator's host)."""
+    argv = [sys.executable, "-c", _PROBE, launcher.addresses()[node], launcher.token_file() or ""]
+    if netns:
+        argv = ["ip", "netns", "exec", netns, *argv]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return int(out.stdout.strip())
+
+
+def wait_until_running(
+    launcher: Launcher, node: str, proc: subprocess.Popen[str], netns: str | None = None
+) -> None:
+    """Return once the run in `proc` has set up `node` and placed pages on it.
+
+    The engine resets every node when it connects; the node logs it. From then
+    on the node is asked how many pages it holds until it holds some, so a
+    fault injected next loses pages however slow the machine is.
     """
     log = launcher.log_paths(node)[node]
     deadline = time.monotonic() + 60
@@ -62,7 +90,11 @@ def wait_until_running(
         assert proc.poll() is None, "the run ended before it reached the nodes"
         assert time.monotonic() < deadline, "the run did not reach the nodes within 60 s"
         time.sleep(0.1)
-    time.sleep(settle)
+    deadline = time.monotonic() + 120
+    while allocated_pages(launcher, node, netns) == 0:
+        assert proc.poll() is None, f"the run ended before it placed pages on {node}"
+        assert time.monotonic() < deadline, f"no page reached {node} within 120 s"
+        time.sleep(0.2)
     assert proc.poll() is None, "the run ended before the fault"
 
 

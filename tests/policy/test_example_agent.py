@@ -109,6 +109,8 @@ def test_example_agent_with_tiersim_run(tmp_path: Path) -> None:
             'policy.name="agent"',
             "--set",
             f'policy.options.address_file="{addr}"',
+            "--set",
+            'policy.options.deadline="10s"',
             "--json",
             str(out),
             "--quiet",
