@@ -7,7 +7,10 @@ Subcommands:
   prints both counter sets side by side;
 * ``scenario WORKLOAD`` prints the tiersim scenario the workload becomes;
 * ``list`` shows the library of reference workloads and their recordings;
-* ``table`` prints the fidelity table of every recorded workload (Markdown).
+* ``table`` prints the fidelity table of every recorded workload (Markdown);
+* ``trace FILE [--runs-of FUNCTION]`` summarises a kernel trace kept by
+  ``run --keep DIR --trace/--ftrace``: calls per task and function, and what
+  each call of a driving function (``shrink_worker``) did and how long it took.
 
 WORKLOAD is a file or the name of a library workload (``zswap-text``).
 """
@@ -202,6 +205,17 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trace(args: argparse.Namespace) -> int:
+    from .kernel_trace import format_counts, format_runs, load
+
+    lines = load(Path(args.file))
+    print(format_counts(lines))
+    for function in args.runs_of:
+        print()
+        print(format_runs(lines, function, each=args.each))
+    return 0
+
+
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "reference",
@@ -278,3 +292,17 @@ def register(subparsers: Any) -> None:
         help="rewrite the table and the gaps between their markers in PATH (docs/fidelity.md)",
     )
     tab.set_defaults(func=cmd_table)
+
+    trc = sub.add_parser(
+        "trace", help="summarise a kernel trace kept by run --keep DIR --trace/--ftrace"
+    )
+    trc.add_argument("file", help="a DIR/trace-N.txt written by run --keep")
+    trc.add_argument(
+        "--runs-of",
+        metavar="FUNCTION",
+        action="append",
+        default=[],
+        help="per call of FUNCTION (shrink_worker), what its task traced until the next call",
+    )
+    trc.add_argument("--each", action="store_true", help="one line per call, not the spread")
+    trc.set_defaults(func=cmd_trace)

@@ -1,0 +1,169 @@
+"""Summaries of the kernel traces a reference run keeps (``--trace``, ``--ftrace``).
+
+A trace is the guest's ``/sys/kernel/tracing/trace``: one line per function
+call (``task-pid [cpu] flags time: function <-caller``) or tracepoint
+(``task-pid [cpu] flags time: event: fields``). What a difference between
+tiersim and the kernel usually needs from it is not the lines but their
+shape: how often each task called each function, and, for a function that
+drives others (``shrink_worker`` walking entries with ``shrink_memcg_cb``),
+what each of its runs did and how long it took in guest time. Times are
+seconds from the trace's first line.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tiersim._errors import ConfigError
+
+_LINE = re.compile(
+    r"^\s*(?P<task>.+?)-(?P<pid>\d+)\s+\[(?P<cpu>\d+)\]\s+\S+\s+(?P<ts>\d+\.\d+):\s+(?P<rest>.*)$"
+)
+
+
+@dataclass(frozen=True)
+class TraceLine:
+    """One traced call or event."""
+
+    task: str  # the command name, without its pid
+    pid: int
+    time: float  # seconds, as the guest's trace clock gives them
+    name: str  # the function called or the tracepoint hit
+
+
+def parse(text: str) -> list[TraceLine]:
+    """The calls and events of a trace, in order; header and other lines skipped."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        m = _LINE.match(line)
+        if m is None:
+            continue
+        rest = m.group("rest")
+        head = rest.split("<-", 1)[0] if "<-" in rest else rest.split(":", 1)[0]
+        name = head.split()[0] if head.split() else ""
+        if not name:
+            continue
+        out.append(TraceLine(m.group("task"), int(m.group("pid")), float(m.group("ts")), name))
+    return out
+
+
+def load(path: Path) -> list[TraceLine]:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the trace: {exc.strerror or exc}", file=str(path)) from None
+    lines = parse(text)
+    if not lines:
+        raise ConfigError(
+            "no traced calls or events in this file (is it a --keep trace-N.txt?)",
+            file=str(path),
+        )
+    return lines
+
+
+@dataclass
+class Count:
+    calls: int = 0
+    first: float = 0.0
+    last: float = 0.0
+
+
+def counts(lines: list[TraceLine]) -> dict[tuple[str, str], Count]:
+    """(task, function or event) -> calls and the first and last time, from the trace's start."""
+    t0 = lines[0].time
+    out: dict[tuple[str, str], Count] = {}
+    for ln in lines:
+        c = out.get((ln.task, ln.name))
+        if c is None:
+            c = out[(ln.task, ln.name)] = Count(first=ln.time - t0)
+        c.calls += 1
+        c.last = ln.time - t0
+    return out
+
+
+@dataclass
+class Run:
+    """One call of a driving function and what its task traced until its next call."""
+
+    task: str
+    pid: int
+    start: float
+    end: float
+    calls: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+def runs_of(lines: list[TraceLine], function: str) -> list[Run]:
+    """Each call of `function`, with the other calls its task (the same pid) made
+    before calling it again, and the time of the last of them."""
+    t0 = lines[0].time
+    current: dict[int, Run] = {}
+    out: list[Run] = []
+    for ln in lines:
+        if ln.name == function:
+            run = Run(ln.task, ln.pid, ln.time - t0, ln.time - t0)
+            current[ln.pid] = run
+            out.append(run)
+            continue
+        run_ = current.get(ln.pid)
+        if run_ is not None:
+            run_.calls[ln.name] = run_.calls.get(ln.name, 0) + 1
+            run_.end = ln.time - t0
+    return out
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    if not values:
+        return "-"
+    lo, mid, hi = min(values), statistics.median(values), max(values)
+    return f"{lo:{fmt}} / {mid:{fmt}} / {hi:{fmt}}"
+
+
+def format_counts(lines: list[TraceLine]) -> str:
+    table = counts(lines)
+    rows = sorted(table.items(), key=lambda kv: (-kv[1].calls, kv[0]))
+    width = max(len(f"{t} {n}") for t, n in table) + 2
+    out = [f"{'task function':<{width}}{'calls':>9}{'first s':>11}{'last s':>11}"]
+    for (task, name), c in rows:
+        out.append(f"{f'{task} {name}':<{width}}{c.calls:>9,}{c.first:>11.3f}{c.last:>11.3f}")
+    span = lines[-1].time - lines[0].time
+    out.append(f"{len(lines):,} lines over {span:.3f} s")
+    return "\n".join(out)
+
+
+def format_runs(lines: list[TraceLine], function: str, *, each: bool) -> str:
+    runs = runs_of(lines, function)
+    if not runs:
+        return f"no call of {function} in the trace"
+    callees = sorted({name for r in runs for name in r.calls})
+    out = [f"{len(runs)} calls of {function}"]
+    if each:
+        head = f"{'start s':>10}{'ms':>10}  " + "  ".join(f"{c:>12}" for c in callees)
+        out.append(head)
+        for r in runs:
+            cells = "  ".join(f"{r.calls.get(c, 0):>12,}" for c in callees)
+            out.append(f"{r.start:>10.3f}{r.duration * 1000:>10.1f}  {cells}")
+    else:
+        out.append("min / median / max per call:")
+        out.append(f"  duration ms: {_spread([r.duration * 1000 for r in runs], '.1f')}")
+        for c in callees:
+            out.append(f"  {c}: {_spread([float(r.calls.get(c, 0)) for r in runs], '.0f')}")
+        per: defaultdict[str, int] = defaultdict(int)
+        for r in runs:
+            for c, n in r.calls.items():
+                per[c] += n
+        for c in callees:
+            out.append(f"  {c} in all: {per[c]:,}")
+    return "\n".join(out)
+
+
+__all__ = ["Run", "TraceLine", "counts", "format_counts", "format_runs", "load", "parse", "runs_of"]

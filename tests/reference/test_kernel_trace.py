@@ -1,0 +1,70 @@
+"""`tiersim reference trace`: summaries of the kernel traces a reference run keeps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tiersim.cli import main
+from tiersim.reference.kernel_trace import counts, parse, runs_of
+
+# The shape of /sys/kernel/tracing/trace: function calls and a tracepoint, two tasks.
+TRACE = """\
+# tracer: function
+#
+#           TASK-PID     CPU#  |||||  TIMESTAMP  FUNCTION
+#              | |         |   |||||     |         |
+        workload-170     [000] .....    10.000000: zswap_store <-swap_writeout
+    kworker/u4:0-33      [000] .....    10.100000: shrink_worker <-process_one_work
+    kworker/u4:0-33      [000] .....    10.100500: shrink_memcg_cb <-__list_lru_walk_one
+    kworker/u4:0-33      [000] .....    10.101000: shrink_memcg_cb <-__list_lru_walk_one
+        workload-170     [000] .....    10.150000: zswap_store <-swap_writeout
+    kworker/u4:0-33      [000] .....    10.300000: shrink_memcg_cb <-__list_lru_walk_one
+    kworker/u4:0-33      [000] .....    10.300100: zswap_store <-swap_writeout
+    kworker/u4:0-33      [000] .....    11.000000: shrink_worker <-process_one_work
+        workload-170     [000] d....    11.200000: mm_vmscan_memcg_reclaim_end: nr_reclaimed=32
+        workload-170     [000] .....    11.500000: zswap_load <-swap_read_folio
+"""
+
+
+def test_lines_are_calls_and_events_by_task() -> None:
+    lines = parse(TRACE)
+    assert len(lines) == 10
+    assert {ln.task for ln in lines} == {"workload", "kworker/u4:0"}
+    assert lines[-2].name == "mm_vmscan_memcg_reclaim_end"
+    table = counts(lines)
+    assert table[("workload", "zswap_store")].calls == 2
+    assert table[("kworker/u4:0", "shrink_memcg_cb")].calls == 3
+    # Times from the trace's first line.
+    assert table[("workload", "zswap_load")].first == pytest.approx(1.5)
+
+
+def test_each_run_of_a_driving_function_counts_its_own_task_only() -> None:
+    first, second = runs_of(parse(TRACE), "shrink_worker")
+    # The workload's store at 10.15 s is not the worker's.
+    assert first.calls == {"shrink_memcg_cb": 3, "zswap_store": 1}
+    assert first.start == pytest.approx(0.1) and first.duration == pytest.approx(0.2001)
+    assert second.calls == {} and second.duration == 0
+
+
+def test_cli_prints_counts_and_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "trace-0.txt"
+    path.write_text(TRACE)
+    assert main(["reference", "trace", str(path), "--runs-of", "shrink_worker", "--each"]) == 0
+    out = capsys.readouterr().out
+    assert "kworker/u4:0 shrink_memcg_cb" in out
+    assert "2 calls of shrink_worker" in out
+    # One line per call: its start, duration and what it called.
+    assert "     0.100     200.1" in out
+
+
+def test_cli_names_a_file_that_is_not_a_trace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("nothing traced here\n")
+    assert main(["reference", "trace", str(path)]) == 2
+    assert f"{path}: no traced calls or events" in capsys.readouterr().err
+    assert main(["reference", "trace", str(tmp_path / "missing.txt")]) == 2
+    assert "cannot read the trace" in capsys.readouterr().err
