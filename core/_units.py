@@ -6,6 +6,9 @@ import re
 
 PAGE_SIZE = 4096
 PAGE_SHIFT = 12
+# Sizes beyond this are typing mistakes; they would overflow the 64-bit fields of results
+# and of the wire (and float("1e400") is infinite).
+MAX_SIZE = 1 << 60
 
 _SIZE_UNITS = {
     "": 1,
@@ -36,11 +39,16 @@ def parse_size(value: str | int) -> int:
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"size must not be negative: {value}")
+        if value > MAX_SIZE:
+            raise ValueError(f"size too large: {value} (at most 1 EiB)")
         return value
     m = _SIZE_RE.match(value)
     if not m or m.group(2).lower() not in _SIZE_UNITS:
         raise ValueError(f"not a size: {value!r} (write e.g. 4096, 512MiB, 8GiB)")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    number = float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+    if number > MAX_SIZE:
+        raise ValueError(f"size too large: {value!r} (at most 1 EiB)")
+    return int(number)
 
 
 def parse_duration_ns(value: str | int) -> int:

@@ -857,7 +857,9 @@ class _RunBuilder:
             self.fail(at / key, f"{key} must be {like}, got {_describe(value)}")
         try:
             size = parse_size(value)
-        except ValueError:
+        except ValueError as exc:
+            if str(exc).startswith("size too large"):
+                self.fail(at / key, f"{key} is too large (at most 1 EiB)")
             self.fail(at / key, f"{key} must be {like}, got {_describe(value)}")
         if positive and size == 0:
             self.fail(at / key, f"{key} must be larger than zero")
@@ -1045,16 +1047,20 @@ class _RunBuilder:
                 self.fail(
                     [at, *placement], f"impossible topology: host {host.name!r} has no DRAM node"
                 )
-            ram = sum(
-                n.physical_bytes
-                for n in nodes
+            mine = [
+                (nat, n)
+                for (nat, _), n in zip(self.entries("nodes"), nodes, strict=True)
                 if n.kind in ("dram", "cxl") and host.name in n.hosts
-            )
+            ]
+            ram = sum(n.physical_bytes for _, n in mine)
             if host.total_ram is not None and host.total_ram < ram:
+                have, need = format_size(host.total_ram), format_size(ram)
+                if have == need:
+                    have, need = f"{host.total_ram} bytes", f"{ram} bytes"
                 self.fail(
-                    at / "total_ram",
-                    f"total_ram ({format_size(host.total_ram)}) is less than the "
-                    f"{format_size(ram)} in the DRAM and CXL nodes of host {host.name!r}",
+                    [at / "total_ram", *(nat / "capacity" for nat, _ in mine)],
+                    f"total_ram ({have}) is less than the {need} in the DRAM and CXL nodes "
+                    f"of host {host.name!r}",
                 )
         return nodes
 

@@ -7,7 +7,7 @@ The store path follows mm/zswap.c in order (see KERNEL.md, "zswap"):
 2. disabled: the page goes to the swap device;
 3. memcg limit (memory.zswap.max): write back that cgroup's entries, reject
    if still over;
-4. global limit with hysteresis: at the cap (max_pool_percent of RAM)
+4. global limit with hysteresis: at the cap (max_pool_percent of total_ram)
    pool_limit_hit++ and the pool is "full"; stores are rejected until usage
    falls to accept_threshold_percent of the cap; the shrink worker writes
    back meanwhile;

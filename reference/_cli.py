@@ -208,11 +208,15 @@ def cmd_table(args: argparse.Namespace) -> int:
 def cmd_trace(args: argparse.Namespace) -> int:
     from .kernel_trace import format_counts, format_runs, load
 
-    lines = load(Path(args.file))
-    print(format_counts(lines))
+    if args.each and not args.runs_of:
+        raise ConfigError("--each lists the calls of a --runs-of FUNCTION; give one", key="--each")
+    trace = load(Path(args.file))
+    for note in trace.notes():
+        print(f"tiersim: note: {args.file}: {note}", file=sys.stderr)
+    print(format_counts(trace.lines))
     for function in args.runs_of:
         print()
-        print(format_runs(lines, function, each=args.each))
+        print(format_runs(trace.lines, function, each=args.each))
     return 0
 
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import re
 import statistics
+import sys
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,36 +37,80 @@ class TraceLine:
     name: str  # the function called or the tracepoint hit
 
 
-def parse(text: str) -> list[TraceLine]:
-    """The calls and events of a trace, in order; header and other lines skipped."""
-    out = []
-    for line in text.splitlines():
+_HEADER = re.compile(r"entries-in-buffer/entries-written:\s*(\d+)/(\d+)")
+
+
+@dataclass
+class Trace:
+    """The lines of a trace, and what the file says about them."""
+
+    lines: list[TraceLine]
+    not_understood: int = 0  # lines neither comment nor call nor event
+    lost: int = 0  # entries the ring buffer overwrote before the trace was read
+
+    def notes(self) -> list[str]:
+        out = []
+        if self.lost:
+            out.append(
+                f"the kernel's trace buffer overwrote its oldest {self.lost:,} entries: counts "
+                "and first times cover only the end of the run (a bigger buffer_size_kb helps)"
+            )
+        if self.not_understood:
+            out.append(f"{self.not_understood:,} lines not understood and left out")
+        return out
+
+
+def _line(line: str) -> TraceLine | None:
+    m = _LINE.match(line)
+    if m is None:
+        return None
+    # "function <-caller" or "event: fields": the first word, less an event's colon.
+    words = m.group("rest").split(None, 1)
+    name = words[0].rstrip(":") if words else ""
+    if not name:
+        return None
+    return TraceLine(
+        sys.intern(m.group("task")), int(m.group("pid")), float(m.group("ts")), sys.intern(name)
+    )
+
+
+def read(lines: Iterable[str]) -> Trace:
+    """The calls and events of a trace, in order, line by line."""
+    out = Trace([])
+    for raw in lines:
+        line = raw.rstrip("\r\n")
         if line.startswith("#"):
+            h = _HEADER.search(line)
+            if h:
+                out.lost = max(0, int(h.group(2)) - int(h.group(1)))
             continue
-        m = _LINE.match(line)
-        if m is None:
+        if not line.strip():
             continue
-        rest = m.group("rest")
-        head = rest.split("<-", 1)[0] if "<-" in rest else rest.split(":", 1)[0]
-        name = head.split()[0] if head.split() else ""
-        if not name:
-            continue
-        out.append(TraceLine(m.group("task"), int(m.group("pid")), float(m.group("ts")), name))
+        ln = _line(line)
+        if ln is None:
+            out.not_understood += 1
+        else:
+            out.lines.append(ln)
     return out
 
 
-def load(path: Path) -> list[TraceLine]:
+def parse(text: str) -> list[TraceLine]:
+    """The calls and events of a trace held in a string."""
+    return read(text.splitlines()).lines
+
+
+def load(path: Path) -> Trace:
     try:
-        text = path.read_text(errors="replace")
+        with path.open(errors="replace") as f:
+            trace = read(f)
     except OSError as exc:
         raise ConfigError(f"cannot read the trace: {exc.strerror or exc}", file=str(path)) from None
-    lines = parse(text)
-    if not lines:
+    if not trace.lines:
         raise ConfigError(
             "no traced calls or events in this file (is it a --keep trace-N.txt?)",
             file=str(path),
         )
-    return lines
+    return trace
 
 
 @dataclass
@@ -104,20 +150,22 @@ class Run:
 
 def runs_of(lines: list[TraceLine], function: str) -> list[Run]:
     """Each call of `function`, with the other calls its task (the same pid) made
-    before calling it again, and the time of the last of them."""
-    t0 = lines[0].time
-    current: dict[int, Run] = {}
+    before `function` was called again, in any task, and the time of the last of them.
+
+    The function tracer records entries, not returns: a run is taken to last until
+    its task's last traced call before the next run began, and a work item's runs
+    never overlap (the next may come on another worker thread).
+    """
+    t0 = lines[0].time if lines else 0.0
+    current: Run | None = None
     out: list[Run] = []
     for ln in lines:
         if ln.name == function:
-            run = Run(ln.task, ln.pid, ln.time - t0, ln.time - t0)
-            current[ln.pid] = run
-            out.append(run)
-            continue
-        run_ = current.get(ln.pid)
-        if run_ is not None:
-            run_.calls[ln.name] = run_.calls.get(ln.name, 0) + 1
-            run_.end = ln.time - t0
+            current = Run(ln.task, ln.pid, ln.time - t0, ln.time - t0)
+            out.append(current)
+        elif current is not None and ln.pid == current.pid:
+            current.calls[ln.name] = current.calls.get(ln.name, 0) + 1
+            current.end = ln.time - t0
     return out
 
 
@@ -147,10 +195,15 @@ def format_runs(lines: list[TraceLine], function: str, *, each: bool) -> str:
     callees = sorted({name for r in runs for name in r.calls})
     out = [f"{len(runs)} calls of {function}"]
     if each:
-        head = f"{'start s':>10}{'ms':>10}  " + "  ".join(f"{c:>12}" for c in callees)
+        widths = [max(12, len(c)) for c in callees]
+        head = f"{'start s':>10}{'ms':>10}  " + "  ".join(
+            f"{c:>{w}}" for c, w in zip(callees, widths, strict=True)
+        )
         out.append(head)
         for r in runs:
-            cells = "  ".join(f"{r.calls.get(c, 0):>12,}" for c in callees)
+            cells = "  ".join(
+                f"{r.calls.get(c, 0):>{w},}" for c, w in zip(callees, widths, strict=True)
+            )
             out.append(f"{r.start:>10.3f}{r.duration * 1000:>10.1f}  {cells}")
     else:
         out.append("min / median / max per call:")
@@ -166,4 +219,15 @@ def format_runs(lines: list[TraceLine], function: str, *, each: bool) -> str:
     return "\n".join(out)
 
 
-__all__ = ["Run", "TraceLine", "counts", "format_counts", "format_runs", "load", "parse", "runs_of"]
+__all__ = [
+    "Run",
+    "Trace",
+    "TraceLine",
+    "counts",
+    "format_counts",
+    "format_runs",
+    "load",
+    "parse",
+    "read",
+    "runs_of",
+]

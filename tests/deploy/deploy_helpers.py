@@ -54,7 +54,10 @@ from tiersim.nodes import GrpcNodeClient
 async def main():
     token = sys.argv[2] or None
     client = await GrpcNodeClient.connect(
-        sys.argv[1], timeout=10, security=ClientSecurity.from_files(token_file=token)
+        sys.argv[1],
+        timeout=10,
+        security=ClientSecurity.from_files(token_file=token),
+        request_timeout=10,
     )
     try:
         print((await client.stats()).allocated_pages)
@@ -70,7 +73,10 @@ def allocated_pages(launcher: Launcher, node: str, netns: str | None = None) -> 
     argv = [sys.executable, "-c", _PROBE, launcher.addresses()[node], launcher.token_file() or ""]
     if netns:
         argv = ["ip", "netns", "exec", netns, *argv]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"asking {node} for its pages took over 60 s") from None
     assert out.returncode == 0, out.stderr[-2000:]
     return int(out.stdout.strip())
 

@@ -281,7 +281,10 @@ def test_killed_node_stops_the_run_at_once(launcher: Launcher, tmp_path: Path) -
     run, took, _ = _run_with_fault(launcher, tmp_path, "kill", "stop")
     assert run is not None
     _assert_lost(run, stopped=True)
-    assert took < 15  # a reset connection is seen at once (generous: a slow machine)
+    # A reset connection is seen at once, not after node_timeout: UNAVAILABLE, not
+    # DEADLINE_EXCEEDED (the time is bounded only generously: a slow machine).
+    assert "UNAVAILABLE" in run["failures"]["nodes_lost"][0]["reason"]
+    assert took < 15
 
 
 def test_paused_node_is_lost_within_node_timeout(launcher: Launcher, tmp_path: Path) -> None:

@@ -815,6 +815,16 @@ ERROR_CASES: list[tuple[str, Callable[[], str], str | tuple[str, int], str, str]
         r"of host 'host0'$",
     ),
     (
+        "a size too large for any machine",
+        lambda: edit(
+            'name = "host0"\ncpus = 8',
+            'name = "host0"\ncpus = 8\ntotal_ram = "9' + "9" * 400 + 'TiB"',
+        ),
+        "total_ram = ",
+        "hosts.host0.total_ram",
+        r"^total_ram is too large \(at most 1 EiB\)$",
+    ),
+    (
         "a DRAM node shared by hosts",
         lambda: edit(
             'host = "host0"\ncapacity = "64MiB"', 'hosts = ["host0", "host1"]\ncapacity = "64MiB"'

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tiersim.cli import main
-from tiersim.reference.kernel_trace import counts, parse, runs_of
+from tiersim.reference.kernel_trace import counts, parse, read, runs_of
 
 # The shape of /sys/kernel/tracing/trace: function calls and a tracepoint, two tasks.
 TRACE = """\
@@ -68,3 +68,37 @@ def test_cli_names_a_file_that_is_not_a_trace(
     assert f"{path}: no traced calls or events" in capsys.readouterr().err
     assert main(["reference", "trace", str(tmp_path / "missing.txt")]) == 2
     assert "cannot read the trace" in capsys.readouterr().err
+
+
+def test_an_event_keeps_its_name_whatever_its_fields_hold() -> None:
+    line = "  sh-90 [000] ..... 1.000000: sched_process_exec: filename=/bin/a<-b pid=90\n"
+    (ln,) = parse(line)
+    assert ln.name == "sched_process_exec"
+
+
+def test_a_run_ends_when_the_function_runs_again_on_another_thread() -> None:
+    text = """\
+    kworker/0:1-20 [000] ..... 1.000000: shrink_worker <-process_one_work
+    kworker/0:1-20 [000] ..... 1.001000: shrink_memcg_cb <-walk
+    kworker/0:2-21 [000] ..... 2.000000: shrink_worker <-process_one_work
+    kworker/0:1-20 [000] ..... 2.500000: shrink_memcg_cb <-walk
+    kworker/0:2-21 [000] ..... 2.600000: shrink_memcg_cb <-walk
+"""
+    first, second = runs_of(parse(text), "shrink_worker")
+    # The first thread's later call belongs to no run: the work item had moved on.
+    assert first.calls == {"shrink_memcg_cb": 1} and first.duration == pytest.approx(0.001)
+    assert second.calls == {"shrink_memcg_cb": 1}
+
+
+def test_a_trace_says_what_it_lost_and_what_was_not_understood() -> None:
+    text = "# entries-in-buffer/entries-written: 3/10   #P:1\n" + TRACE + "garbage line\n"
+    trace = read(text.splitlines())
+    assert trace.lost == 7 and trace.not_understood == 1
+    assert any("overwrote its oldest 7 entries" in n for n in trace.notes())
+
+
+def test_each_needs_a_function(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "trace-0.txt"
+    path.write_text(TRACE)
+    assert main(["reference", "trace", str(path), "--each"]) == 2
+    assert "--each" in capsys.readouterr().err
