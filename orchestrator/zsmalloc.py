@@ -180,10 +180,11 @@ class ZsPool:
     def pages_needed(self, nbytes: int) -> int:
         """Pages zs_malloc() would allocate for an object of `nbytes`: 0 when a
         zspage of its class has room, else a whole new zspage."""
-        cls = self.classes.get(size_class(nbytes))
+        index = size_class(nbytes)
+        cls = self.classes.get(index)
         if cls is not None and cls.find_get_zspage() is not None:
             return 0
-        return CLASS_PAGES[size_class(nbytes)]
+        return CLASS_PAGES[index]
 
     def malloc(self, key: int, nbytes: int) -> int:
         """zs_malloc(): place object `key`; returns the pages newly allocated."""

@@ -87,7 +87,6 @@ class Zswap:
     stats: ZswapStats = field(default_factory=ZswapStats)
     pool_full: bool = False  # zswap_pool_reached_full
     zspool: ZsPool = field(default_factory=ZsPool)
-    pool_pages: int = 0  # zs_get_total_pages() of zspool, in step with it
     zs_shrinker_deferred: int = 0
     # Per-memcg LRU of entries (oldest first), for writeback.
     lru: dict[int, OrderedDict[int, None]] = field(default_factory=dict)
@@ -105,8 +104,13 @@ class Zswap:
     def accept_thr_pages(self) -> int:
         return self.max_pages() * self.tunables.accept_threshold_percent // 100
 
+    @property
+    def pool_pages(self) -> int:
+        """zs_get_total_pages(): the pages the pool's allocator holds."""
+        return self.zspool.pages_allocated
+
     def total_pages(self) -> int:
-        return self.pool_pages
+        return self.zspool.pages_allocated
 
     def check_limits(self) -> bool:
         """zswap_check_limits(): True while the pool is full (hysteresis)."""
@@ -127,26 +131,21 @@ def _pool_add(mm: Mm, zswap: Zswap, page: int, nbytes: int, *, force: bool = Fal
     """zs_malloc(): place the page's entry, growing the pool by a whole zspage
     from DRAM when no zspage of its class has room (down to the min watermark,
     unless `force`)."""
-    from .page_alloc import take_frame, zone_watermark_ok
+    from .page_alloc import take_frames, zone_watermark_ok
 
     need = zswap.zspool.pages_needed(nbytes)
     if need and not force:
         dram = mm.nodes[zswap.dram_node]
         if not zone_watermark_ok(mm, zswap.dram_node, dram.wmark.min, need):
             return False
-    grown = zswap.zspool.malloc(page, nbytes)
-    for _ in range(grown):
-        take_frame(mm, zswap.dram_node)
-    zswap.pool_pages += grown
+    take_frames(mm, zswap.dram_node, zswap.zspool.malloc(page, nbytes))
     return True
 
 
 def _pool_shrunk(mm: Mm, zswap: Zswap, freed: int) -> None:
-    from .page_alloc import free_frame
+    from .page_alloc import take_frames
 
-    for _ in range(freed):
-        free_frame(mm, zswap.dram_node)
-    zswap.pool_pages -= freed
+    take_frames(mm, zswap.dram_node, -freed)
 
 
 def _pool_remove(mm: Mm, zswap: Zswap, page: int) -> None:

@@ -125,14 +125,14 @@ def test_pool_limit_hysteresis_accept_threshold() -> None:
         direct_nodes=[],
     )
     assert z.max_pages() == 200 and z.accept_thr_pages() == 180
-    z.pool_pages = 199
+    z.zspool.pages_allocated = 199
     assert not z.check_limits()
-    z.pool_pages = 200
+    z.zspool.pages_allocated = 200
     assert z.check_limits() and z.stats.pool_limit_hit == 1
     # Below the cap but above the accept threshold: still full.
-    z.pool_pages = 190
+    z.zspool.pages_allocated = 190
     assert z.check_limits()
-    z.pool_pages = 180
+    z.zspool.pages_allocated = 180
     assert not z.check_limits()
     assert z.stats.pool_limit_hit == 1
 
