@@ -21,7 +21,7 @@ from ._pages import LruLists, PageTable
 from ._sched import Scheduler
 from .config import CgroupConfig, RunConfig, Tunables, WorkloadConfig
 from .memory_tiers import TierMap
-from .page_alloc import Watermarks
+from .mmzone import Watermarks, Zone
 from .vmstat import VmStat
 
 if TYPE_CHECKING:
@@ -79,6 +79,26 @@ class Numa:
     physical_used_bytes: int = 0
     # Pages placed on the node by the engine, by state.
     nr_pages: int = 0
+    # Its zones, ascending (mmzone.py); one movable-only zone unless configured.
+    zones: list[Zone] = field(default_factory=list)
+    # kswapd's pending request: the highest zone to balance (-1: none), and
+    # whether a wake-up came while it ran (it then runs again).
+    kswapd_highest_zoneidx: int = -1
+    kswapd_rewake: bool = False
+    # Runs in a row that reclaimed nothing (pgdat->kswapd_failures); reset by
+    # any reclaim progress on the node.
+    kswapd_failures: int = 0
+    # When kswapd last went to sleep, for kswapd_low_wmark_hit_quickly.
+    kswapd_slept_ns: int = -(10**18)
+
+    # One zone without foreign pageblocks: frames are plain counts.
+    simple: bool = True
+
+    def zone_at(self, idx: int) -> Zone:
+        for z in self.zones:
+            if z.idx == idx:
+                return z
+        raise KeyError(f"node {self.name} has no zone {idx}")
 
     @property
     def byte_addressable(self) -> bool:
@@ -175,6 +195,8 @@ class Process:
     chunk_lists: Any = None
     # Accesses served by each node (numpy int64 array indexed by node id).
     node_hits: Any = None
+    # The host's kernel_cpu_ns when this process last paid its share.
+    kernel_cpu_seen_ns: int = 0
 
 
 @dataclass
@@ -196,6 +218,11 @@ class Host:
     # NUMA-balancing promotion state (numa_balancing.py)
     promo: Any = None
     total_ram_pages: int = 0
+    # CPU time its kernel threads (kswapd) have used, in all: on a host with
+    # no CPU to spare it is taken from the processes (memory.run_step()).
+    kernel_cpu_ns: int = 0
+    # How many times slower than tiersim's CPU costs its kernel threads run.
+    kernel_cpu_scale: float = 1.0
 
 
 class Mm:

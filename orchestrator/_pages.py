@@ -2,7 +2,7 @@
 
 One entry per virtual page of every simulated process (DESIGN principle 5).
 What the kernel keeps in the PTE, `struct folio` and the swap entry is kept
-here in parallel arrays, 40 bytes a page in all:
+here in parallel arrays, 41 bytes a page in all:
 
     node     int16   NUMA node holding the page (-1: none)
     state    uint8   where the page lives: see the PS_* constants
@@ -10,6 +10,7 @@ here in parallel arrays, 40 bytes a page in all:
     handle   uint32  handle on `node` (a page frame, a cram handle, a swap slot)
     version  uint32  bumped by every write: the content model's input
     memcg    uint16  owning memory cgroup (index into the engine's table)
+    zone     uint8   zone of the frame on `node` (mmzone.ZONE_*), as page_zonenum()
     zsize    uint16  last compressed size in bytes (0: never compressed)
     scan_ns  int64   when the NUMA scanner last made the page PROT_NONE
     hits     uint16  accesses (saturating), counted only for policies that ask
@@ -57,7 +58,7 @@ F_ZSWAP_REF = 0x10  # zswap entry referenced (second chance in writeback)
 F_SWAPCACHE = 0x20  # read ahead into the swap cache, not mapped yet: next access faults
 
 NO_LIST = -1
-BYTES_PER_PAGE = 2 + 1 + 1 + 4 + 4 + 2 + 2 + 8 + 2 + 4 + 4 + 4
+BYTES_PER_PAGE = 2 + 1 + 1 + 4 + 4 + 2 + 1 + 2 + 8 + 2 + 4 + 4 + 4
 
 
 def _arr(typecode: str, n: int, fill: int = 0) -> array:
@@ -76,6 +77,7 @@ class PageTable:
         self.handle = _arr("I", n)
         self.version = _arr("I", n)
         self.memcg = _arr("H", n)
+        self.zone = _arr("B", n)
         self.zsize = _arr("H", n)
         self.scan_ns = _arr("q", n)
         self.hits = _arr("H", n)
@@ -102,6 +104,7 @@ class PageTable:
                 self.handle,
                 self.version,
                 self.memcg,
+                self.zone,
                 self.zsize,
                 self.scan_ns,
                 self.hits,
@@ -180,3 +183,25 @@ class LruLists:
             self.del_page(page)
             out.append(page)
         return out
+
+    def isolate_tail_zones(
+        self, lst: int, n: int, max_zone: int, skip_limit: int
+    ) -> tuple[list[int], list[int]]:
+        """isolate_lru_folios() for reclaim of zones up to `max_zone`:
+        (isolated, skipped). Pages of higher zones are passed over, up to
+        `skip_limit` of them, and put back at the head in their order."""
+        zone = self.pages.zone
+        out: list[int] = []
+        skipped: list[int] = []
+        while len(out) < n:
+            page = self.tail_[lst]
+            if page < 0:
+                break
+            self.del_page(page)
+            if zone[page] > max_zone and len(skipped) < skip_limit:
+                skipped.append(page)
+            else:
+                out.append(page)
+        for page in skipped:
+            self.add_head(lst, page)
+        return out, skipped

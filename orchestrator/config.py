@@ -25,6 +25,27 @@ class HostConfig:
     # of it; set it above the capacities to model a kernel that keeps part of
     # its memory for itself.
     total_ram: int | None = None
+    # How many times slower than tiersim's CPU costs (CpuCosts) this host runs
+    # its kernel threads' work (kswapd): 1 for the hardware the costs describe.
+    kernel_cpu_scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class ZoneConfig:
+    """One zone of a DRAM or CXL node (mmzone.py): its share of the node's capacity.
+
+    `size` is what tiersim hands out from the zone (its free memory when the
+    run starts); `managed` the zone's managed pages, the base of its
+    watermarks and lowmem reserves (default: size). `unmovable` and
+    `reclaimable` give the free pages in each pageblock of that migratetype
+    at the start: a movable allocation reaches them only by a fallback.
+    """
+
+    zone: str  # "DMA", "DMA32", "Normal" or "Movable"
+    size: int
+    managed: int | None = None
+    unmovable: tuple[int, ...] = ()
+    reclaimable: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -53,6 +74,8 @@ class NodeConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_server_name: str | None = None
+    # Its zones, ascending; empty: one zone with all of its memory movable.
+    zones: tuple[ZoneConfig, ...] = ()
 
 
 @dataclass(frozen=True)

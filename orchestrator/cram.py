@@ -65,16 +65,16 @@ async def do_cram_wp_fault(mm: Mm, proc: Process, host: Host, page: int) -> int:
 
     host.vmstat.inc("cram_write_fault")
     cost = mm.costs.wp_fault_ns
-    nid, c = await alloc_page(mm, host)
+    nid, c = await alloc_page(mm, host, page)
     cost += c
     if nid < 0:
         host.vmstat.inc("cram_promote_fail")
         await oom_kill(mm, proc, "oom")
         return -1
-    ok, c = await promote_page(mm, page, nid, host)
+    ok, c = await promote_page(mm, page, nid, host, mm.pages.zone[page])
     cost += c
     if not ok:
-        free_frame(mm, nid)
+        free_frame(mm, nid, page)
         host.vmstat.inc("cram_promote_fail")
         # The compressed copy was unreadable: the data is lost; refault empty.
         await forget_page(mm, page)

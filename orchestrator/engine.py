@@ -40,8 +40,18 @@ from .memory_tiers import (
     build_tiers,
     perf_to_adistance,
 )
+from .mmzone import (
+    ZONE_MOVABLE,
+    ZONE_NAMES,
+    PageBlock,
+    Watermarks,
+    Zone,
+    new_zone,
+    node_watermarks,
+    setup_per_zone_lowmem_reserve,
+    setup_per_zone_wmarks,
+)
 from .numa_balancing import PromoState, start_scanner, tiering_mode
-from .page_alloc import setup_watermarks
 from .results import SCHEMA, LatencyHistogram
 from .workloads import make_workload
 from .zswap import Zswap
@@ -145,10 +155,15 @@ class Simulation:
                 hosts=[host_index[h] for h in ncfg.hosts],
                 present_pages=pages,
                 free_pages=pages,
-                wmark=setup_watermarks({nid: pages}, cfg.tunables.watermark_scale_factor)[nid],
+                wmark=Watermarks(0, 0, 0, 0),
                 read_ns=int(lat.read_base_ns + lat.per_cacheline_ns),
                 write_ns=int(lat.write_base_ns + lat.per_cacheline_ns),
             )
+            node.zones = _zones(ncfg, nid, pages)
+            node.simple = len(node.zones) == 1 and not node.zones[0].blocks
+            setup_per_zone_lowmem_reserve(node.zones)
+            setup_per_zone_wmarks(node.zones, cfg.tunables.watermark_scale_factor)
+            node.wmark = node_watermarks(node.zones)
             mm.nodes.append(node)
             mm.node_by_name[ncfg.name] = nid
         table = np.zeros((len(mm.nodes), 2), dtype=np.int64)
@@ -187,17 +202,20 @@ class Simulation:
             zonelist = sorted(
                 (n.id for n in ba if n.kind != NodeKind.CRAM), key=lambda i: (dist[i], i)
             )
-            wm = setup_watermarks(
-                {i: mm.nodes[i].present_pages for i in zonelist},
+            # Watermarks: min_free_kbytes shared over every zone of the zonelist.
+            own = [i for i in zonelist if mm.nodes[i].hosts[0] == hi]
+            setup_per_zone_wmarks(
+                [z for i in own for z in mm.nodes[i].zones],
                 cfg.tunables.watermark_scale_factor,
+                lowmem=sum(z.managed for i in zonelist for z in mm.nodes[i].zones),
             )
-            for i, marks in wm.items():
-                if mm.nodes[i].hosts[0] == hi:
-                    mm.nodes[i].wmark = marks
+            for i in own:
+                mm.nodes[i].wmark = node_watermarks(mm.nodes[i].zones)
             host = Host(
                 index=hi,
                 name=hcfg.name,
                 cpus=hcfg.cpus,
+                kernel_cpu_scale=hcfg.kernel_cpu_scale,
                 nodes=[n.id for n in ba],
                 cpu_nodes=[n.id for n in dram],
                 swap_nodes=[n.id for n in mine if n.kind == NodeKind.STORAGE],
@@ -509,3 +527,20 @@ async def run_all(
     configs: Sequence[RunConfig], *, progress: ProgressFn | None = None
 ) -> list[dict[str, Any]]:
     return [await run(c, progress=progress) for c in configs]
+
+
+def _zones(ncfg: NodeConfig, nid: int, pages: int) -> list[Zone]:
+    """The node's zones from its configuration; one movable zone by default."""
+    if not ncfg.zones:
+        return [new_zone(ZONE_MOVABLE, nid, pages)]
+    zones = []
+    for zc in ncfg.zones:
+        blocks = [PageBlock("unmovable", n) for n in zc.unmovable] + [
+            PageBlock("reclaimable", n) for n in zc.reclaimable
+        ]
+        managed = zc.managed // PAGE_SIZE if zc.managed is not None else None
+        zones.append(
+            new_zone(ZONE_NAMES.index(zc.zone), nid, zc.size // PAGE_SIZE, managed, blocks)
+        )
+    zones.sort(key=lambda z: z.idx)
+    return zones

@@ -82,6 +82,7 @@ async def run_step(mm: Mm, proc: Process) -> None:
     deadline = max(mm.sched.now_ns, proc.clock_ns) + QUANTUM_NS
     hist = proc.latency
     limit = proc.config.accesses
+    _pay_kernel_cpu(mm, proc)
     while proc.clock_ns < deadline and not proc.done and not mm.stopped:
         if proc.chunk_pos >= proc.chunk_len:
             n = CHUNK if limit is None else min(CHUNK, limit - proc.accesses)
@@ -136,6 +137,23 @@ async def run_step(mm: Mm, proc: Process) -> None:
             break
     if not proc.done and not mm.stopped and proc.killed is None:
         mm.sched.at(proc.clock_ns, lambda: run_step(mm, proc), f"proc{proc.index}")
+
+
+def _pay_kernel_cpu(mm: Mm, proc: Process) -> None:
+    """Delay the process by its share of the CPU time kernel threads took.
+
+    On a host whose processes keep every CPU busy, kswapd's work displaces
+    theirs: each is set back by that work over the number of CPUs. With a
+    CPU to spare the kernel threads run there and cost the processes nothing.
+    """
+    host = mm.hosts[proc.host]
+    delta = host.kernel_cpu_ns - proc.kernel_cpu_seen_ns
+    if not delta:
+        return
+    proc.kernel_cpu_seen_ns = host.kernel_cpu_ns
+    running = sum(1 for p in mm.procs if p.host == proc.host and not p.done)
+    if running >= host.cpus:
+        proc.clock_ns += delta // host.cpus
 
 
 async def _fault_at_pos(mm: Mm, proc: Process) -> bool:
@@ -265,14 +283,14 @@ async def handle_mm_fault(mm: Mm, proc: Process, page: int, write: bool) -> int:
     return cost + _access(mm, page, write)
 
 
-async def _charge_and_alloc(mm: Mm, proc: Process, host: Host) -> tuple[int, int]:
+async def _charge_and_alloc(mm: Mm, proc: Process, host: Host, page: int) -> tuple[int, int]:
     """Charge the memcg a page and take a frame: (node id, ns); node -1 after an OOM kill."""
     memcg = mm.memcgs[proc.memcg]
     ok, cost = await try_charge(mm, memcg, PAGE_SIZE)
     if not ok:
         await oom_kill(mm, proc, "memcg oom")
         return -1, cost
-    nid, c = await alloc_page(mm, host)
+    nid, c = await alloc_page(mm, host, page)
     cost += c
     if nid < 0:
         uncharge(memcg, PAGE_SIZE)
@@ -282,7 +300,7 @@ async def _charge_and_alloc(mm: Mm, proc: Process, host: Host) -> tuple[int, int
 
 async def do_anonymous_page(mm: Mm, proc: Process, host: Host, page: int) -> int:
     memcg = mm.memcgs[proc.memcg]
-    nid, cost = await _charge_and_alloc(mm, proc, host)
+    nid, cost = await _charge_and_alloc(mm, proc, host, page)
     if nid < 0:
         return -1
     pages = mm.pages
@@ -302,7 +320,7 @@ async def do_swap_page(mm: Mm, proc: Process, host: Host, page: int) -> int:
     memcg = mm.memcgs[proc.memcg]
     vpn = page - proc.base
     ra_lo, ra_hi = swap_vma_ra_win(mm, proc, vpn)
-    nid, cost = await _charge_and_alloc(mm, proc, host)
+    nid, cost = await _charge_and_alloc(mm, proc, host, page)
     if nid < 0:
         return -1
     got, c = await swap_in(mm, page, host)
@@ -348,15 +366,15 @@ async def do_numa_page(mm: Mm, proc: Process, host: Host, page: int) -> int:
 
 async def migrate_misplaced(mm: Mm, page: int, dst: int, host: Host) -> tuple[bool, int]:
     """migrate_misplaced_folio(): promote a hint-faulted page to `dst`, counted: (ok, ns)."""
-    take_frame(mm, dst)
-    ok, cost = await promote_page(mm, page, dst, host)
+    zone = take_frame(mm, dst, page)
+    ok, cost = await promote_page(mm, page, dst, host, zone)
     if ok:
         host.vmstat.inc("pgpromote_success")
         host.vmstat.inc("numa_pages_migrated")
         # The page came from a slow node: a remote fault (no TNF_FAULT_LOCAL).
         task_numa_fault(mm, mm.proc_of(page), local=False)
     else:
-        free_frame(mm, dst)
+        free_frame(mm, dst, page, zone)
         host.vmstat.inc("pgpromote_fail")
     return ok, cost
 
@@ -444,7 +462,7 @@ async def forget_page(mm: Mm, page: int) -> None:
         if pages.handle[page] and not node.lost:
             await node_call(mm, nid, node.client.free([pages.handle[page]]))
         mm.lru.del_page(page)
-        free_frame(mm, nid)
+        free_frame(mm, nid, page)
         uncharge(memcg, PAGE_SIZE)
     elif state == PS_LOST and nid >= 0 and mm.pages.lru_id[page] >= 0:
         mm.lru.del_page(page)
@@ -483,7 +501,7 @@ async def exit_mmap(mm: Mm, proc: Process) -> None:
             by_node.setdefault(released[0], []).append(released[1])
         if state in (PS_MAPPED, PS_CRAM_RO, PS_POISONED):
             mm.lru.del_page(page)
-            free_frame(mm, nid)
+            free_frame(mm, nid, page)
             uncharge(memcg, PAGE_SIZE)
             if pages.handle[page]:
                 by_node.setdefault(nid, []).append(pages.handle[page])

@@ -19,8 +19,7 @@ from tiersim.nodes._types import DATA_LOSS, OK, RESOURCE_EXHAUSTED, NodeKind
 
 from ._pages import F_ACTIVE, F_PROTNONE, PS_CRAM_RO, PS_MAPPED, PS_POISONED
 from .cram import cram_admit
-from .page_alloc import free_frame, take_frames
-from .vmscan import wakeup_kswapd
+from .page_alloc import alloc_migration_frames, free_frame, take_frames
 
 if TYPE_CHECKING:
     from ._mm import Host, Mm
@@ -115,27 +114,9 @@ async def move_pages(
         pages_in, rest = await cram_admit(mm, host, pages_in, dst)
         if not pages_in:
             return [], rest, 0
-    # Reserve frames first. alloc_demote_folio() allocates on the target only
-    # (__GFP_THISNODE), without direct reclaim but waking the target's kswapd
-    # (GFP_NOWAIT) once it is below its low watermark, down to its min.
-    # Done in bulk, with the same outcome as page by page: once an allocation
-    # fails every later one does, and kswapd is woken when the page that first
-    # finds the node below its low watermark would have woken it.
-    n = len(pages_in)
-    if node.lost:
-        taken = 0
-    else:
-        free0 = node.free_pages
-        taken = min(n, max(0, free0 - node.wmark.min))
-        first_low = max(0, free0 - node.wmark.low)  # the first page to see free - 1 < low
-        if first_low < n and first_low <= taken:
-            take_frames(mm, dst, first_low)
-            wakeup_kswapd(mm, dst)
-            take_frames(mm, dst, taken - first_low)
-        else:
-            take_frames(mm, dst, taken)
-            if taken < n and free0 - taken - 1 < node.wmark.low:
-                wakeup_kswapd(mm, dst)
+    # Frames first (see alloc_migration_frames()).
+    dst_zones = alloc_migration_frames(mm, dst, pages_in)
+    taken = len(dst_zones)
     batch = pages_in[:taken]
     rest.extend(pages_in[taken:])
     if not batch:
@@ -145,7 +126,8 @@ async def move_pages(
         mm, dst, node.client.store(writes, check=check, now_ns=mm.sched.now_ns)
     )
     if result is None:
-        take_frames(mm, dst, -len(batch))
+        for page, z in zip(batch, dst_zones, strict=True):
+            free_frame(mm, dst, page, z)
         return [], [*batch, *rest], 0
     mm.note_state(dst, result.state)
     moved: list[int] = []
@@ -163,13 +145,18 @@ async def move_pages(
     clear = ~(F_ACTIVE | F_PROTNONE) & 0xFF
     inactive: dict[int, int] = {}  # memcg -> its inactive list on dst
     ok = poisoned = refused = unplaced = 0
-    for page, code, new_handle, stored in zip(
-        batch, result.codes, result.handles, result.stored_bytes, strict=True
+    src_simple = mm.nodes[src].simple
+    zone_of = pages.zone
+    for page, code, new_handle, stored, z in zip(
+        batch, result.codes, result.handles, result.stored_bytes, dst_zones, strict=True
     ):
         if code in (OK, DATA_LOSS):
             if handle[page]:
                 src_handles.append(handle[page])
             lru.del_page(page)
+            if not src_simple:
+                free_frame(mm, src, page)
+            zone_of[page] = z
             node_of[page] = dst
             handle[page] = new_handle
             zsize[page] = min(stored, 0xFFFF)
@@ -190,10 +177,11 @@ async def move_pages(
         else:
             unplaced += 1
             refused += code == RESOURCE_EXHAUSTED and cram
+            free_frame(mm, dst, page, z)
             rest.append(page)
-    # The frames: the source's freed, the target's given back where the store failed.
-    take_frames(mm, src, -(ok + poisoned))
-    take_frames(mm, dst, -unplaced)
+    # The frames of simple sources are freed at once.
+    if src_simple:
+        take_frames(mm, src, -(ok + poisoned))
     vmstat = host.vmstat
     if ok:
         vmstat.inc("pgmigrate_success", ok)
@@ -213,8 +201,9 @@ async def move_pages(
     return moved, rest, cost
 
 
-async def promote_page(mm: Mm, page: int, dst: int, host: Host) -> tuple[bool, int]:
-    """Migrate one page from a lower-tier node to top-tier node `dst` (frame taken by caller).
+async def promote_page(mm: Mm, page: int, dst: int, host: Host, dst_zone: int) -> tuple[bool, int]:
+    """Migrate one page from a lower-tier node to top-tier node `dst` (frame
+    taken by the caller in zone `dst_zone`).
 
     The page's bytes are read back from the device (and must be the bytes
     the engine placed there); the device copy is freed.
@@ -227,7 +216,8 @@ async def promote_page(mm: Mm, page: int, dst: int, host: Host) -> tuple[bool, i
         # copy to fetch; the CPU copies it at that node's speed.
         memcg = pages.memcg[page]
         mm.lru.del_page(page)
-        free_frame(mm, src)
+        free_frame(mm, src, page)
+        pages.zone[page] = dst_zone
         pages.node[page] = dst
         pages.state[page] = PS_MAPPED
         pages.flags[page] &= ~F_PROTNONE & 0xFF
@@ -245,13 +235,14 @@ async def promote_page(mm: Mm, page: int, dst: int, host: Host) -> tuple[bool, i
     if result.codes[0] != OK:
         pages.state[page] = PS_POISONED
         host.vmstat.inc("memory_failure")
-        free_frame(mm, src)
+        free_frame(mm, src, page)
         return False, result.cost_ns
     if pages.state[page] == PS_CRAM_RO:
         mm.verify(page, result.data[0])
     memcg = pages.memcg[page]
     mm.lru.del_page(page)
-    free_frame(mm, src)
+    free_frame(mm, src, page)
+    pages.zone[page] = dst_zone
     pages.node[page] = dst
     pages.handle[page] = 0
     pages.state[page] = PS_MAPPED

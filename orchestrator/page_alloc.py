@@ -1,133 +1,333 @@
 """Frame allocation and zone watermarks (mm/page_alloc.c).
 
-Byte-addressable nodes hand out page frames from a free count the engine
-keeps, as the buddy allocator does; devices are only asked when data moves
-(or, for a compressed node, whether a page is safe to place).
+Byte-addressable nodes hand out page frames from free counts the engine
+keeps per zone (mmzone.py), as the buddy allocator does; devices are only
+asked when data moves (or, for a compressed node, whether a page is safe to
+place). A user page is a movable allocation: it takes a movable free page,
+or falls back to another migratetype's pageblock, which boosts the zone's
+watermarks and wakes kswapd.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .mmzone import (
+    CLAIM_MIN_PAGES,
+    FALLBACK_TYPES,
+    PAGEBLOCK_NR_PAGES,
+    ZONE_MOVABLE,
+    PageBlock,
+    Watermarks,
+    Zone,
+    boost_watermark,
+    min_free_kbytes,
+    new_zone,
+    setup_per_zone_wmarks,
+)
+
 if TYPE_CHECKING:
-    from ._mm import Host, Mm
+    from ._mm import Host, Mm, Numa
+
+__all__ = [
+    "MAX_RECLAIM_RETRIES",
+    "Watermarks",
+    "alloc_migration_frames",
+    "alloc_page",
+    "frames_ok",
+    "free_frame",
+    "min_free_kbytes",
+    "set_zone",
+    "setup_watermarks",
+    "take_frame",
+    "take_frames",
+]
 
 MAX_RECLAIM_RETRIES = 16  # mm/page_alloc.c
-
-
-@dataclass(frozen=True)
-class Watermarks:
-    """WMARK_MIN / LOW / HIGH / PROMO of a node, in pages."""
-
-    min: int
-    low: int
-    high: int
-    promo: int
-
-
-def min_free_kbytes(lowmem_pages: int) -> int:
-    """calculate_min_free_kbytes(): int_sqrt(lowmem_kbytes * 16), clamped to [128, 262144]."""
-    lowmem_kbytes = lowmem_pages * 4
-    return max(128, min(262144, math.isqrt(lowmem_kbytes * 16)))
+MAX_DIRECT_RECLAIM_ROUNDS = 64 * MAX_RECLAIM_RETRIES
 
 
 def setup_watermarks(
     node_pages: dict[int, int], watermark_scale_factor: int = 10
 ) -> dict[int, Watermarks]:
-    """__setup_per_zone_wmarks() for the nodes of one host.
+    """__setup_per_zone_wmarks() for nodes of one zone each (see mmzone.setup_per_zone_wmarks)."""
+    zones = {nid: new_zone(ZONE_MOVABLE, nid, pages) for nid, pages in node_pages.items()}
+    setup_per_zone_wmarks(list(zones.values()), watermark_scale_factor)
+    return {nid: z.wmark for nid, z in zones.items()}
 
-    min is min_free_kbytes shared out in proportion to node size; low and
-    high add max(min/4, managed * watermark_scale_factor / 10000) once and
-    twice; WMARK_PROMO adds it a third time (high + (high - low)).
+
+# -- one zone ---------------------------------------------------------------
+
+
+def _claim(zone: Zone, block: PageBlock) -> None:
+    """The pageblock becomes movable: its free pages join the movable free lists."""
+    block.claimed = True
+    zone.free_movable += block.free
+    block.free = 0
+    zone.blocks.remove(block)
+
+
+def _rmqueue_fallback(zone: Zone, page: int) -> None:
+    """No movable free page: __rmqueue_claim(), then __rmqueue_steal().
+
+    The claim looks at the largest free block of a fallback migratetype: a
+    whole free pageblock is taken over as it is; a block of at least
+    CLAIM_MIN_PAGES boosts the zone's watermarks (the allocation then wakes
+    kswapd) and is claimed if half the pageblock is free or movable. Failing
+    that, one page is stolen from the smallest free block and goes back to
+    its pageblock when freed.
     """
-    total = sum(node_pages.values())
-    pages_min = min_free_kbytes(total) // 4
-    out = {}
-    for nid, managed in node_pages.items():
-        wmin = pages_min * managed // total if total else 0
-        tmp = max(wmin // 4, managed * watermark_scale_factor // 10000)
-        out[nid] = Watermarks(min=wmin, low=wmin + tmp, high=wmin + 2 * tmp, promo=wmin + 3 * tmp)
-    return out
+    blocks = zone.blocks
+    if not blocks:
+        raise RuntimeError(f"zone {zone.name} of node {zone.node} has no free page")
+    order = {mt: i for i, mt in enumerate(FALLBACK_TYPES)}
+    largest = max(blocks, key=lambda b: (b.free, -order[b.migratetype]))
+    if largest.free >= PAGEBLOCK_NR_PAGES:
+        _claim(zone, largest)
+    elif largest.free >= CLAIM_MIN_PAGES:
+        if boost_watermark(zone):
+            zone.boosted = True
+        if largest.free + largest.movable >= PAGEBLOCK_NR_PAGES // 2:
+            _claim(zone, largest)
+    if zone.free_movable:
+        zone.free_movable -= 1
+        return
+    smallest = min(blocks, key=lambda b: (b.free, order[b.migratetype]))
+    smallest.free -= 1
+    smallest.movable += 1
+    if not smallest.free:
+        blocks.remove(smallest)
+    if page >= 0:
+        zone.stolen[page] = smallest
 
 
-def take_frame(mm: Mm, nid: int) -> None:
-    node = mm.nodes[nid]
+def rmqueue(mm: Mm, node: Numa, zone: Zone, page: int) -> None:
+    """Take one movable frame of `zone` for `page` (-1: a frame without a page)."""
+    if zone.free_movable:
+        zone.free_movable -= 1
+    else:
+        _rmqueue_fallback(zone, page)
+    zone.free -= 1
     node.free_pages -= 1
     node.nr_pages += 1
+    mm.hosts[node.hosts[0]].vmstat[zone.pgalloc] += 1
+    if zone.boosted:
+        # rmqueue(): ZONE_BOOSTED_WATERMARK wakes kswapd for this zone.
+        zone.boosted = False
+        from .vmscan import wakeup_kswapd
+
+        wakeup_kswapd(mm, node.id, zone.idx)
 
 
-def take_frames(mm: Mm, nid: int, n: int) -> None:
-    """Take `n` frames of node `nid` at once (give them back when n < 0)."""
-    node = mm.nodes[nid]
-    node.free_pages -= n
-    node.nr_pages += n
-
-
-def free_frame(mm: Mm, nid: int) -> None:
-    node = mm.nodes[nid]
+def free_one(node: Numa, zone: Zone, page: int) -> None:
+    """Give a frame back to its zone: to its foreign pageblock if it was stolen from one."""
+    block = zone.stolen.pop(page, None) if zone.stolen else None
+    if block is not None and not block.claimed:
+        if not block.free:
+            zone.blocks.append(block)
+        block.free += 1
+        block.movable -= 1
+    else:
+        zone.free_movable += 1
+    zone.free += 1
     node.free_pages += 1
     node.nr_pages -= 1
 
 
-def zone_watermark_ok(mm: Mm, nid: int, mark: int, nr: int = 1) -> bool:
+# -- one node ---------------------------------------------------------------
+
+
+def _headroom(zone: Zone, which: str) -> int:
+    """Pages a user-page allocation may take from the zone before it falls
+    below the (boosted) watermark `which` plus the lowmem reserve."""
+    return zone.free - zone.mark(which) - zone.lowmem_reserve[ZONE_MOVABLE]
+
+
+def frames_ok(mm: Mm, nid: int, which: str, n: int = 1) -> bool:
+    """Can `n` frames be taken on node `nid` without going below watermark `which`?"""
     node = mm.nodes[nid]
-    return not node.lost and node.free_pages - nr >= mark
+    if node.lost:
+        return False
+    if node.simple:
+        return node.free_pages - n >= int(getattr(node.wmark, which))
+    return sum(max(0, _headroom(z, which)) for z in node.zones) >= n
 
 
-def _take(mm: Mm, host: Host, nid: int) -> int:
-    take_frame(mm, nid)
+def _zone_for(node: Numa) -> Zone:
+    """The zone an allocation the caller checked (frames_ok()) takes from: the
+    highest above its min watermark, else the one with the most room left."""
+    zones = node.zones
+    for z in reversed(zones):
+        if _headroom(z, "min") >= 1:
+            return z
+    return max((z for z in zones if z.free > 0), key=lambda z: _headroom(z, "min"))
+
+
+def take_frame(mm: Mm, nid: int, page: int = -1) -> int:
+    """Take a frame of node `nid` for `page`; returns its zone index.
+
+    The caller has checked the node's watermarks. The page's zone is not
+    written: a migrating page still holds its old frame (see set_zone()).
+    """
+    node = mm.nodes[nid]
+    zone = _zone_for(node)
+    rmqueue(mm, node, zone, page)
+    return zone.idx
+
+
+def alloc_migration_frames(mm: Mm, nid: int, pages: list[int]) -> list[int]:
+    """Frames on node `nid` for migrating `pages` there: the zones of the
+    first of them that got one.
+
+    alloc_demote_folio() and alloc_misplaced_dst_folio() allocate on the
+    target only (__GFP_THISNODE), without direct reclaim, down to the min
+    watermark, and wake the target's kswapd once an allocation finds it
+    below its low watermark. On a node of one movable zone this is done in
+    bulk, with the same outcome as page by page.
+    """
+    node = mm.nodes[nid]
+    if node.lost or not pages:
+        return []
+    from .vmscan import wakeup_kswapd
+
+    if node.simple:
+        n = len(pages)
+        free0 = node.free_pages
+        taken = min(n, max(0, free0 - node.wmark.min))
+        first_low = max(0, free0 - node.wmark.low)  # the first page to see free - 1 < low
+        if first_low < n and first_low <= taken:
+            take_frames(mm, nid, first_low)
+            wakeup_kswapd(mm, nid)
+            take_frames(mm, nid, taken - first_low)
+        else:
+            take_frames(mm, nid, taken)
+            if taken < n and free0 - taken - 1 < node.wmark.low:
+                wakeup_kswapd(mm, nid)
+        return [node.zones[0].idx] * taken
+    out: list[int] = []
+    woke = False
+    for page in pages:
+        if not woke and not any(_headroom(z, "low") >= 1 for z in node.zones):
+            wakeup_kswapd(mm, nid)
+            woke = True
+        zone = next((z for z in reversed(node.zones) if _headroom(z, "min") >= 1), None)
+        if zone is None:
+            break
+        rmqueue(mm, node, zone, page)
+        out.append(zone.idx)
+    return out
+
+
+def take_frames(mm: Mm, nid: int, n: int) -> None:
+    """Take `n` frames of node `nid` that no page owns (the zswap pool's);
+    give them back when n < 0."""
+    node = mm.nodes[nid]
+    if node.simple:
+        zone = node.zones[0]
+        zone.free -= n
+        zone.free_movable -= n
+        node.free_pages -= n
+        node.nr_pages += n
+        mm.hosts[node.hosts[0]].vmstat[zone.pgalloc] += max(n, 0)
+        return
+    for _ in range(n):
+        zone = _zone_for(node)
+        rmqueue(mm, node, zone, -1)
+        zone.untracked += 1
+    for _ in range(-n):
+        zone = next((z for z in reversed(node.zones) if z.untracked), node.zones[-1])
+        zone.untracked = max(0, zone.untracked - 1)
+        free_one(node, zone, -1)
+
+
+def free_frame(mm: Mm, nid: int, page: int, zone_idx: int = -1) -> None:
+    """Free the frame `page` holds on node `nid` (in zone `zone_idx`, by default
+    the page's own)."""
+    node = mm.nodes[nid]
+    if node.simple:
+        zone = node.zones[0]
+        zone.free += 1
+        zone.free_movable += 1
+        node.free_pages += 1
+        node.nr_pages -= 1
+        return
+    idx = mm.pages.zone[page] if zone_idx < 0 else zone_idx
+    free_one(node, node.zone_at(idx), page)
+
+
+def set_zone(mm: Mm, page: int, zone_idx: int) -> None:
+    """The page now lives in the frame taken for it in zone `zone_idx`."""
+    mm.pages.zone[page] = zone_idx
+
+
+# -- the allocator ------------------------------------------------------------
+
+
+def _zone_ok(zone: Zone, which: str, highest_zoneidx: int) -> bool:
+    """__zone_watermark_ok() for one page: free above the (boosted) mark plus
+    the lowmem reserve kept against this allocation."""
+    return zone.free - 1 >= zone.mark(which) + zone.lowmem_reserve[highest_zoneidx]
+
+
+def _take(mm: Mm, host: Host, nid: int, zone: Zone, page: int) -> int:
+    node = mm.nodes[nid]
+    rmqueue(mm, node, zone, page)
+    if page >= 0:
+        mm.pages.zone[page] = zone.idx
     host.vmstat.inc("numa_hit" if nid == host.zonelist[0] else "numa_miss")
     return nid
 
 
-async def alloc_page(mm: Mm, host: Host, direct_reclaim: bool = True) -> tuple[int, int]:
-    """Allocate one frame for a fault on `host`: (node id or -1, time spent in ns).
+def _first_ok(mm: Mm, host: Host, which: str) -> tuple[int, Zone | None]:
+    """get_page_from_freelist(): the first zone of the zonelist above its mark
+    (nodes in distance order, each node's zones highest first)."""
+    for nid in host.zonelist:
+        node = mm.nodes[nid]
+        if node.lost:
+            continue
+        for zone in reversed(node.zones):
+            if _zone_ok(zone, which, ZONE_MOVABLE):
+                return nid, zone
+    return -1, None
 
-    The fast path takes from the first node of the host's zonelist above its
+
+async def alloc_page(
+    mm: Mm, host: Host, page: int = -1, direct_reclaim: bool = True
+) -> tuple[int, int]:
+    """Allocate one frame for a fault of `page` on `host`: (node id or -1, time spent in ns).
+
+    The fast path takes from the first zone of the host's zonelist above its
     low watermark; the slow path wakes kswapd on every node of the zonelist,
     retries down to the min watermark, then reclaims directly
     (__alloc_pages_slowpath), giving up after MAX_RECLAIM_RETRIES rounds
-    without progress.
+    without progress. The page's zone is recorded; it must not hold a frame
+    on a node with zones meanwhile (migrations use take_frame()).
     """
-    for nid in host.zonelist:
-        if zone_watermark_ok(mm, nid, mm.nodes[nid].wmark.low):
-            return _take(mm, host, nid), 0
+    nid, zone = _first_ok(mm, host, "low")
+    if zone is not None:
+        return _take(mm, host, nid, zone, page), 0
     from .vmscan import try_to_free_pages, wakeup_kswapd
 
     for nid in host.zonelist:
         wakeup_kswapd(mm, nid)
-    for nid in host.zonelist:
-        if zone_watermark_ok(mm, nid, mm.nodes[nid].wmark.min):
-            return _take(mm, host, nid), 0
+    nid, zone = _first_ok(mm, host, "min")
+    if zone is not None:
+        return _take(mm, host, nid, zone, page), 0
     if not direct_reclaim:
         return -1, 0
     spent = 0
-    for _ in range(MAX_RECLAIM_RETRIES):
+    # should_reclaim_retry(): rounds that reclaim something do not count
+    # against the retries (a boosted watermark can take many of them); a
+    # round without progress ends the attempt. MAX_DIRECT_RECLAIM_ROUNDS
+    # bounds an allocation that reclaims a little each time forever.
+    for _ in range(MAX_DIRECT_RECLAIM_ROUNDS):
         host.vmstat.inc("allocstall")
         progress, cost = await try_to_free_pages(mm, host)
         spent += cost
-        for nid in host.zonelist:
-            if zone_watermark_ok(mm, nid, mm.nodes[nid].wmark.min):
-                return _take(mm, host, nid), spent
+        nid, zone = _first_ok(mm, host, "min")
+        if zone is not None:
+            return _take(mm, host, nid, zone, page), spent
         if progress == 0:
             break
     # Out of memory: the kernel would now kill a task; the caller decides.
     return -1, spent
-
-
-def alloc_on_node(mm: Mm, nid: int, mark: int, *, wake_kswapd: bool = False) -> bool:
-    """__GFP_THISNODE allocation without direct reclaim (demotion and promotion targets).
-
-    With `wake_kswapd` (__GFP_KSWAPD_RECLAIM) an allocation that finds the node
-    below its low watermark wakes the node's kswapd, as the slow path does.
-    """
-    if wake_kswapd and not zone_watermark_ok(mm, nid, mm.nodes[nid].wmark.low):
-        from .vmscan import wakeup_kswapd
-
-        wakeup_kswapd(mm, nid)
-    if zone_watermark_ok(mm, nid, mark):
-        take_frame(mm, nid)
-        return True
-    return False

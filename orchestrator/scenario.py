@@ -51,8 +51,10 @@ from tiersim.orchestrator.config import (
     Scenario,
     Tunables,
     WorkloadConfig,
+    ZoneConfig,
     ZswapTunables,
 )
+from tiersim.orchestrator.mmzone import PAGEBLOCK_NR_PAGES, ZONE_NAMES
 
 __all__ = ["apply_overrides", "load_scenario", "loads_scenario", "parse_override"]
 
@@ -163,7 +165,7 @@ SCHEMA: dict[str, Any] = {
         "exclusive",
     ),
     "policy": {"name": LEAF, "options": FREE},
-    "hosts": _ListOf(_leaves("name", "cpus", "total_ram")),
+    "hosts": _ListOf(_leaves("name", "cpus", "total_ram", "kernel_cpu_scale")),
     "nodes": _ListOf(
         {
             **_leaves(
@@ -179,6 +181,7 @@ SCHEMA: dict[str, Any] = {
                 *_NODE_SECURITY,
             ),
             "options": _NODE_OPTIONS,
+            "zones": _ListOf(_leaves("zone", "size", "managed", "unmovable", "reclaimable")),
         }
     ),
     "tunables": {
@@ -1024,6 +1027,7 @@ class _RunBuilder:
                 name=entry["name"],
                 cpus=self.integer(entry, at, "cpus", 4, lo=1),
                 total_ram=self.size(entry, at, "total_ram", None, positive=True),
+                kernel_cpu_scale=self.number(entry, at, "kernel_cpu_scale", 1.0, lo=1.0),
             )
             for at, entry in self.entries("hosts")
         )
@@ -1157,6 +1161,7 @@ class _RunBuilder:
             self.fail(
                 at / "token_env", "give the token by file or by environment variable, not both"
             )
+        zones = self.zones(entry, at, kind, advertised)
         return NodeConfig(
             name=name,
             kind=cast(NodeKindName, kind),  # checked against NODE_KINDS
@@ -1166,8 +1171,83 @@ class _RunBuilder:
             address=address,
             distance=distance,
             options=options,
+            zones=zones,
             **security,
         )
+
+    def zones(
+        self, entry: Mapping[str, Any], at: _At, kind: str, capacity: int
+    ) -> tuple[ZoneConfig, ...]:
+        """A node's [[nodes.zones]]: ascending, whole pages, summing to its capacity."""
+        if "zones" not in entry:
+            return ()
+        listed = entry["zones"]
+        zat = at / "zones"
+        if kind not in ("dram", "cxl"):
+            self.fail(zat, f"zones apply to dram and cxl nodes; this one is {kind}")
+        if (
+            not isinstance(listed, list)
+            or not listed
+            or not all(isinstance(z, dict) for z in listed)
+        ):
+            self.fail(zat, f"zones must be a non-empty array of tables, got {_describe(listed)}")
+        out: list[ZoneConfig] = []
+        for n, z in enumerate(listed):
+            zone_at = zat.indexed(n)
+            name = self.string(z, zone_at, "zone", choices=ZONE_NAMES)
+            if any(prev.zone == name for prev in out):
+                self.fail(zone_at / "zone", f"zone {name} is listed twice")
+            if out and ZONE_NAMES.index(name) < ZONE_NAMES.index(out[-1].zone):
+                self.fail(
+                    zone_at / "zone",
+                    f"zones must be listed in address order ({', '.join(ZONE_NAMES)}); "
+                    f"{name} comes after {out[-1].zone}",
+                )
+            size = self.size(z, zone_at, "size", positive=True)
+            managed = self.size(z, zone_at, "managed", None, positive=True)
+            assert size is not None
+            for key, value in (("size", size), ("managed", managed)):
+                if value is not None and value % PAGE_SIZE:
+                    self.fail(
+                        zone_at / key,
+                        f"{key} ({value} bytes) must be a whole number of {PAGE_SIZE}-byte pages",
+                    )
+            if managed is not None and managed < size:
+                self.fail(
+                    [zone_at / "managed", zone_at / "size"],
+                    f"managed ({format_size(managed)}) is less than size ({format_size(size)}): "
+                    "a zone hands out only pages it manages",
+                )
+            blocks: dict[str, tuple[int, ...]] = {}
+            for key in ("unmovable", "reclaimable"):
+                value = z.get(key, [])
+                if not isinstance(value, list) or not all(
+                    isinstance(v, int) and not isinstance(v, bool) and 0 < v <= PAGEBLOCK_NR_PAGES
+                    for v in value
+                ):
+                    self.fail(
+                        zone_at / key,
+                        f"{key} must be an array of free page counts per pageblock, each "
+                        f"1 to {PAGEBLOCK_NR_PAGES}, got {_describe(value)}",
+                    )
+                blocks[key] = tuple(value)
+            foreign = sum(blocks["unmovable"]) + sum(blocks["reclaimable"])
+            if foreign > size // PAGE_SIZE:
+                self.fail(
+                    [zone_at / "unmovable", zone_at / "reclaimable"],
+                    f"the pageblocks hold {foreign} free pages, more than the zone's "
+                    f"{size // PAGE_SIZE}",
+                )
+            out.append(ZoneConfig(name, size, managed, blocks["unmovable"], blocks["reclaimable"]))
+        total = sum(z.size for z in out)
+        if total != capacity:
+            size_key = "advertised" if kind == "cram" else "capacity"
+            self.fail(
+                [zat, at / size_key],
+                f"the zones' sizes add up to {format_size(total)}, not the node's "
+                f"{size_key} ({format_size(capacity)})",
+            )
+        return tuple(out)
 
     def check_device(
         self, at: _At, kind: str, name: str, advertised: int, physical: int, options: dict[str, Any]

@@ -188,7 +188,7 @@ async def free_slots(mm: Mm, by_node: dict[int, list[int]]) -> int:
 
 def _leave_node(mm: Mm, page: int, nid: int) -> None:
     """The page no longer occupies a frame on `nid` nor counts as resident."""
-    free_frame(mm, nid)
+    free_frame(mm, nid, page)
     uncharge(mm.memcgs[mm.pages.memcg[page]], PAGE_SIZE)
 
 

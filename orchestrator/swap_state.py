@@ -90,7 +90,7 @@ async def swap_vma_readahead(mm: Mm, proc: Process, host: Host, lo: int, hi: int
         cost += c
         if not ok:
             break
-        nid, c = await alloc_page(mm, host)
+        nid, c = await alloc_page(mm, host, page)
         cost += c
         if nid < 0:
             uncharge(memcg, PAGE_SIZE)

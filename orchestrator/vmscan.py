@@ -31,10 +31,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from tiersim.nodes._types import NodeKind
 
 from ._mm import SWAP_CLUSTER_MAX
 from ._pages import F_ACTIVE, F_REFERENCED, F_YOUNG, PS_CRAM_RO, PS_MAPPED
+from .mmzone import PGSKIP
 
 if TYPE_CHECKING:
     from ._mm import Host, Memcg, Mm
@@ -42,6 +45,8 @@ if TYPE_CHECKING:
 DEF_PRIORITY = 12  # reclaim starts scanning lru_size >> 12
 MAX_SWAPPINESS = 200
 KSWAPD_MAX_FAILURES = 16  # MAX_RECLAIM_RETRIES: kswapd gives up after this many idle runs
+SWAP_CLUSTER_MAX_SKIPPED = SWAP_CLUSTER_MAX << 10  # higher-zone pages passed over per isolation
+KSWAPD_NAP_NS = 100_000_000  # kswapd_try_to_sleep(): HZ/10 before sleeping for good
 
 
 def reclaim_priority(scanned: int, lru_pages: int, reclaimed: int) -> int:
@@ -67,14 +72,30 @@ def inactive_is_low(mm: Mm, inactive: int, active: int) -> bool:
     return n_inactive * ratio < n_active
 
 
-def shrink_active_list(mm: Mm, host: Host, inactive: int, active: int, nr: int) -> None:
+def isolate_lru(mm: Mm, host: Host, lst: int, nr: int, reclaim_idx: int | None) -> list[int]:
+    """isolate_lru_folios(): up to nr pages off the tail; with a reclaim_idx,
+    pages of higher zones are skipped (pgskip_<zone>) and stay on the list."""
+    if reclaim_idx is None:
+        return mm.lru.isolate_tail(lst, nr)
+    batch, skipped = mm.lru.isolate_tail_zones(lst, nr, reclaim_idx, SWAP_CLUSTER_MAX_SKIPPED)
+    if skipped:
+        zone = mm.pages.zone
+        vm = host.vmstat
+        for page in skipped:
+            vm[PGSKIP[zone[page]]] += 1
+    return batch
+
+
+def shrink_active_list(
+    mm: Mm, host: Host, inactive: int, active: int, nr: int, reclaim_idx: int | None = None
+) -> None:
     """Move pages from the active tail to the inactive head.
 
     Anonymous pages are deactivated whether referenced or not (only
     executable file pages are rotated), their young bit cleared.
     """
     pages = mm.pages
-    moved = mm.lru.isolate_tail(active, nr)
+    moved = isolate_lru(mm, host, active, nr, reclaim_idx)
     host.vmstat.inc("pgrefill", len(moved))
     for page in moved:
         pages.flags[page] &= ~(F_ACTIVE | F_YOUNG) & 0xFF
@@ -98,8 +119,12 @@ async def shrink_lruvec(
     *,
     kswapd: bool,
     memcg_reclaim: bool = False,
+    reclaim_idx: int | None = None,
 ) -> tuple[int, int]:
-    """Reclaim up to nr_to_reclaim pages of one memcg from one node: (reclaimed, ns)."""
+    """Reclaim up to nr_to_reclaim pages of one memcg from one node: (reclaimed, ns).
+
+    With a reclaim_idx (kswapd balancing a lower zone), only pages of zones
+    up to it are reclaimed."""
     inactive, active = mm.lru_lists(nid, memcg.index)
     host = mm.hosts[memcg.host]
     reclaimed = 0
@@ -109,7 +134,7 @@ async def shrink_lruvec(
     budget = 2 * (mm.lru.count[inactive] + mm.lru.count[active]) + SWAP_CLUSTER_MAX
     while reclaimed < nr_to_reclaim and scanned_total < budget:
         if inactive_is_low(mm, inactive, active) or mm.lru.count[inactive] == 0:
-            shrink_active_list(mm, host, inactive, active, SWAP_CLUSTER_MAX)
+            shrink_active_list(mm, host, inactive, active, SWAP_CLUSTER_MAX, reclaim_idx)
         scanned, got, c, _ = await shrink_inactive_list(
             mm,
             nid,
@@ -119,6 +144,7 @@ async def shrink_lruvec(
             SWAP_CLUSTER_MAX,
             kswapd=kswapd,
             memcg_reclaim=memcg_reclaim,
+            reclaim_idx=reclaim_idx,
         )
         if not scanned:
             break
@@ -138,10 +164,11 @@ async def shrink_inactive_list(
     *,
     kswapd: bool,
     memcg_reclaim: bool,
+    reclaim_idx: int | None = None,
 ) -> tuple[int, int, int, int]:
     """Isolate up to nr_to_scan pages off the inactive tail and reclaim them:
     (scanned, reclaimed, ns, pages written out)."""
-    batch = mm.lru.isolate_tail(inactive, nr_to_scan)
+    batch = isolate_lru(mm, host, inactive, nr_to_scan, reclaim_idx)
     if not batch:
         return 0, 0, 0, 0
     host.vmstat.inc("pgscan_kswapd" if kswapd else "pgscan_direct", len(batch))
@@ -149,6 +176,9 @@ async def shrink_inactive_list(
     got, c, nr_pageout = await shrink_folio_list(
         mm, batch, nid, host, inactive, active, kswapd=kswapd, memcg_reclaim=memcg_reclaim
     )
+    if got:
+        # Reclaim made progress on the node: kswapd may try again (shrink_node()).
+        mm.nodes[nid].kswapd_failures = 0
     return len(batch), got, cost + c, nr_pageout
 
 
@@ -213,7 +243,9 @@ async def shrink_folio_list(
     return reclaimed, cost, nr_pageout
 
 
-async def shrink_node(mm: Mm, nid: int, nr_to_reclaim: int, *, kswapd: bool) -> tuple[int, int]:
+async def shrink_node(
+    mm: Mm, nid: int, nr_to_reclaim: int, *, kswapd: bool, reclaim_idx: int | None = None
+) -> tuple[int, int]:
     """Reclaim from every memcg with pages on the node, in turn.
 
     As shrink_node_memcgs() does, each cgroup's LRU pass is followed by its
@@ -239,7 +271,7 @@ async def shrink_node(mm: Mm, nid: int, nr_to_reclaim: int, *, kswapd: bool) -> 
         inactive, active = node.lru[idx]
         lru_pages = mm.lru.count[inactive] + mm.lru.count[active]
         before = host.vmstat[key]
-        got, c = await shrink_lruvec(mm, nid, memcg, share, kswapd=kswapd)
+        got, c = await shrink_lruvec(mm, nid, memcg, share, kswapd=kswapd, reclaim_idx=reclaim_idx)
         reclaimed += got
         cost += c
         scanned = host.vmstat[key] - before
@@ -333,24 +365,47 @@ def lru_note_cost(mm: Mm, memcg: Memcg, nid: int, nr_io: int, nr_rotated: int) -
     memcg.lru_cost[nid] = (anon, file)
 
 
+def lru_size(mm: Mm, lst: int, reclaim_idx: int | None) -> int:
+    """lruvec_lru_size(): the list's pages in zones up to reclaim_idx (None: all)."""
+    if reclaim_idx is None:
+        return mm.lru.count[lst]
+    pages = mm.pages
+    lru_id = np.frombuffer(pages.lru_id, dtype=np.int32)
+    zone = np.frombuffer(pages.zone, dtype=np.uint8)
+    return int(np.count_nonzero((lru_id == lst) & (zone <= reclaim_idx)))
+
+
 async def shrink_lruvec_memcg(
-    mm: Mm, nid: int, memcg: Memcg, priority: int, nr_to_reclaim: int
+    mm: Mm,
+    nid: int,
+    memcg: Memcg,
+    priority: int,
+    nr_to_reclaim: int,
+    *,
+    kswapd: bool = False,
+    reclaim_idx: int | None = None,
 ) -> tuple[int, int]:
     """shrink_lruvec() of one cgroup on one node at one priority: (reclaimed, ns).
 
-    Scan targets are each list's size >> priority, scaled by the anon share
-    (anon_scan_fraction(); the whole list at priority 0). The inactive list
-    is scanned in chunks of SWAP_CLUSTER_MAX, the active list deactivated
-    alongside when the inactive one is low; the pass stops once it alone has
-    reclaimed nr_to_reclaim (so a call reclaims whole chunks, often more
-    than asked), and ends by rebalancing the lists.
+    Scan targets are each list's size >> priority (pages of zones up to
+    reclaim_idx only). In cgroup reclaim they are scaled by the anon share
+    (anon_scan_fraction(); the whole list at priority 0); kswapd, with no
+    file pages to scan, takes anon pages only (SCAN_ANON: file_is_tiny).
+    The inactive list is scanned in chunks of SWAP_CLUSTER_MAX, the active
+    list deactivated alongside when the inactive one is low; the pass stops
+    once it alone has reclaimed nr_to_reclaim (so a call reclaims whole
+    chunks, often more than asked), and ends by rebalancing the lists.
     """
     inactive, active = mm.lru_lists(nid, memcg.index)
     host = mm.hosts[memcg.host]
-    count = mm.lru.count
     may_deactivate = inactive_is_low(mm, inactive, active)
-    targets = [count[inactive] >> priority, count[active] >> priority]
-    if mm.tunables.swappiness == 0:
+    targets = [
+        lru_size(mm, inactive, reclaim_idx) >> priority,
+        lru_size(mm, active, reclaim_idx) >> priority,
+    ]
+    if kswapd:
+        pass
+    elif mm.tunables.swappiness == 0:
         # Cgroup reclaim with swappiness 0 scans file pages only (SCAN_FILE),
         # at every priority: a cgroup of anon pages cannot reclaim.
         targets = [0, 0]
@@ -364,7 +419,15 @@ async def shrink_lruvec_memcg(
         chunk = min(targets[0], SWAP_CLUSTER_MAX)
         targets[0] -= chunk
         scanned, got, c, nr_pageout = await shrink_inactive_list(
-            mm, nid, host, inactive, active, chunk, kswapd=False, memcg_reclaim=True
+            mm,
+            nid,
+            host,
+            inactive,
+            active,
+            chunk,
+            kswapd=kswapd,
+            memcg_reclaim=not kswapd,
+            reclaim_idx=reclaim_idx,
         )
         if scanned:
             reclaimed += got
@@ -374,11 +437,11 @@ async def shrink_lruvec_memcg(
             chunk = min(targets[1], SWAP_CLUSTER_MAX)
             targets[1] -= chunk
             if may_deactivate:
-                shrink_active_list(mm, host, inactive, active, chunk)
+                shrink_active_list(mm, host, inactive, active, chunk, reclaim_idx)
         if reclaimed >= nr_to_reclaim:
             break
     if inactive_is_low(mm, inactive, active):
-        shrink_active_list(mm, host, inactive, active, SWAP_CLUSTER_MAX)
+        shrink_active_list(mm, host, inactive, active, SWAP_CLUSTER_MAX, reclaim_idx)
     return reclaimed, cost
 
 
@@ -396,41 +459,189 @@ def _balance_mark(mm: Mm, nid: int) -> int:
     return node.wmark.high
 
 
-def pgdat_balanced(mm: Mm, nid: int) -> bool:
+def pgdat_balanced(mm: Mm, nid: int, highest_zoneidx: int = -1) -> bool:
+    """pgdat_balanced(): some zone up to highest_zoneidx (default: all) is at
+    its (boosted) high watermark, above the lowmem reserve it keeps."""
     node = mm.nodes[nid]
     if node.kind == NodeKind.CRAM:
         # The compressed node's kswapd runs while the device reports pressure.
         return node.pressure == 0 and node.free_pages >= node.wmark.high
-    return node.free_pages >= _balance_mark(mm, nid)
+    if node.simple:
+        return node.free_pages >= _balance_mark(mm, nid)
+    which = "promo" if mm.tunables.numa.numa_balancing & 2 else "high"
+    hz = node.zones[-1].idx if highest_zoneidx < 0 else highest_zoneidx
+    return any(z.free >= z.mark(which) + z.lowmem_reserve[hz] for z in node.zones if z.idx <= hz)
 
 
-def wakeup_kswapd(mm: Mm, nid: int) -> None:
+def kernel_thread_ran(mm: Mm, hosts: list[int], cost: int) -> int:
+    """A kernel thread did `cost` ns of work on `hosts`: the wall time it took.
+
+    The work is scaled by the host's kernel_cpu_scale (a host whose CPU runs
+    kernel code more slowly than tiersim's costs assume).
+
+    Where the processes keep every CPU busy the thread shares a CPU with
+    them, as CFS shares it: it takes (processes + 1) / cpus times as long,
+    and the processes lose that CPU time (Host.kernel_cpu_ns, charged to them
+    in memory.run_step()). With a CPU to spare it runs there at full speed.
+    """
+    cost = int(cost * max(mm.hosts[h].kernel_cpu_scale for h in hosts))
+    wall = cost
+    for h in hosts:
+        host = mm.hosts[h]
+        running = sum(1 for p in mm.procs if p.host == h and not p.done)
+        if running >= host.cpus:
+            host.kernel_cpu_ns += cost
+            wall = max(wall, cost * (running + 1) // host.cpus)
+    return wall
+
+
+def _boosted(mm: Mm, nid: int, highest_zoneidx: int) -> int:
+    """The watermark boost of the zones kswapd would balance (nr_boost_reclaim)."""
+    return sum(z.watermark_boost for z in mm.nodes[nid].zones if z.idx <= highest_zoneidx)
+
+
+def wakeup_kswapd(mm: Mm, nid: int, highest_zoneidx: int = -1) -> None:
+    """wakeup_kswapd(): have the node's kswapd balance zones up to highest_zoneidx.
+
+    kswapd is not woken when the node is balanced, unless a zone's watermarks
+    are boosted (a fallback allocation asked for reclaim ahead of need). A
+    wake-up while it runs is kept for its next run.
+    """
     node = mm.nodes[nid]
-    if node.kswapd_running or node.lost:
+    if node.lost or not node.zones:
         return
-    if pgdat_balanced(mm, nid):
+    top = node.zones[-1].idx
+    hz = top if highest_zoneidx < 0 else min(highest_zoneidx, top)
+    if node.kswapd_running:
+        node.kswapd_highest_zoneidx = max(node.kswapd_highest_zoneidx, hz)
+        node.kswapd_rewake = True
+        return
+    if node.kswapd_failures >= KSWAPD_MAX_FAILURES:
+        return
+    if pgdat_balanced(mm, nid, hz) and not _boosted(mm, nid, hz):
         return
     if node.kind == NodeKind.CRAM and not mm.tunables.cram.reclaim:
         return
+    balance_pgdat(mm, nid, hz)
+
+
+async def kswapd_shrink_node(
+    mm: Mm, nid: int, priority: int, reclaim_idx: int | None
+) -> tuple[int, int, int]:
+    """kswapd_shrink_node(): one pass over every cgroup's lruvec on the node at
+    `priority`, aiming at the zones' high watermarks: (reclaimed, scanned, ns).
+
+    Each cgroup's pass is followed by its zswap shrinker at that priority,
+    and the root cgroup's turn by zsmalloc's (shrink_slab())."""
+    from .zswap import zs_shrink_slab, zswap_shrink_slab
+
+    node = mm.nodes[nid]
+    nr_to_reclaim = sum(
+        max(z.mark("high"), SWAP_CLUSTER_MAX)
+        for z in node.zones
+        if reclaim_idx is None or z.idx <= reclaim_idx
+    )
+    reclaimed = scanned = cost = 0
+    for idx in sorted(node.lru):
+        memcg = mm.memcgs[idx]
+        vm = mm.hosts[memcg.host].vmstat
+        before = vm["pgscan_kswapd"]
+        got, c = await shrink_lruvec_memcg(
+            mm, nid, memcg, priority, nr_to_reclaim, kswapd=True, reclaim_idx=reclaim_idx
+        )
+        reclaimed += got
+        scanned += vm["pgscan_kswapd"] - before
+        cost += c
+        cost += await zswap_shrink_slab(mm, memcg, priority)
+    for hid in node.hosts:
+        zswap = mm.hosts[hid].zswap
+        if zswap is not None and zswap.zspool.pages_allocated:
+            cost += await zs_shrink_slab(mm, zswap, priority)
+    return reclaimed, scanned, cost
+
+
+def balance_pgdat(mm: Mm, nid: int, highest_zoneidx: int) -> None:
+    """One kswapd run: from DEF_PRIORITY down, pass over the node's LRUs until
+    the node is balanced.
+
+    Each pass scans every list's size >> priority and stops once it has
+    reclaimed the zones' high watermarks' worth; the priority rises after a
+    pass that scanned less than that or reclaimed nothing, so a run
+    reclaims in growing steps and overshoots the watermark, as the kernel's
+    does. With boosted watermarks and the node balanced without them, the
+    kernel reclaims file pages only (no swap, no writeback): tiersim has no
+    file LRU, so such a run reclaims nothing and ends. Not balanced with the
+    boost, it reclaims as usual, for the zones up to highest_zoneidx only:
+    pages of higher zones are skipped on the LRU. The boosts it started
+    with are cleared at the end. A run that reaches priority 0 without the
+    node balanced starts again, unless it reclaimed nothing
+    MAX_RECLAIM_RETRIES times in a row (kswapd_failures): kswapd then stays
+    asleep until reclaim on the node makes progress again.
+    """
+    node = mm.nodes[nid]
     node.kswapd_running = True
+    node.kswapd_highest_zoneidx = -1
+    node.kswapd_rewake = False
+    now = mm.sched.now_ns
     for h in node.hosts:
-        mm.hosts[h].vmstat.inc("kswapd_wake")
-    failures = 0
+        vm = mm.hosts[h].vmstat
+        vm.inc("kswapd_wake")
+        vm.inc("pageoutrun")
+        if now - node.kswapd_slept_ns < KSWAPD_NAP_NS:
+            vm.inc("kswapd_low_wmark_hit_quickly")
+    hz = highest_zoneidx
+    boosts = {z.idx: z.watermark_boost for z in node.zones if z.idx <= hz}
+    nr_boost_reclaim = sum(boosts.values())
+    reclaim_idx = None if node.simple or hz >= node.zones[-1].idx else hz
+    priority = DEF_PRIORITY
+    run_reclaimed = 0
+
+    def finish(rewake: bool) -> None:
+        for z in node.zones:
+            if z.idx in boosts:
+                z.watermark_boost -= min(z.watermark_boost, boosts[z.idx])
+        node.kswapd_running = False
+        node.kswapd_slept_ns = mm.sched.now_ns
+        again = node.kswapd_rewake and rewake
+        node.kswapd_rewake = False
+        if again:
+            wakeup_kswapd(mm, nid, node.kswapd_highest_zoneidx)
 
     async def kswapd_step() -> None:
-        nonlocal failures
-        if node.lost or mm.stopped or pgdat_balanced(mm, nid):
-            node.kswapd_running = False
+        nonlocal nr_boost_reclaim, priority, run_reclaimed
+        if node.lost or mm.stopped:
+            finish(False)
             return
-        reclaimed, cost = await shrink_node(mm, nid, SWAP_CLUSTER_MAX, kswapd=True)
-        if reclaimed == 0:
-            failures += 1
-            if failures >= KSWAPD_MAX_FAILURES:
-                node.kswapd_running = False
-                return
-        else:
-            failures = 0
-        # kswapd runs on its own CPU: its next batch follows this one's work.
-        mm.sched.after(max(cost, 1_000), kswapd_step, f"kswapd{nid}")
+        balanced = pgdat_balanced(mm, nid, hz)
+        if not balanced and nr_boost_reclaim:
+            nr_boost_reclaim = 0
+        if balanced or nr_boost_reclaim:
+            # Balanced, or boost reclaim (file pages only: none here).
+            finish(True)
+            return
+        reclaimed, scanned, cost = await kswapd_shrink_node(mm, nid, priority, reclaim_idx)
+        run_reclaimed += reclaimed
+        nr_to_reclaim = sum(
+            max(z.mark("high"), SWAP_CLUSTER_MAX)
+            for z in node.zones
+            if reclaim_idx is None or z.idx <= reclaim_idx
+        )
+        if scanned < nr_to_reclaim or not reclaimed:
+            priority -= 1
+        if priority < 1:
+            # The run is over without the node balanced (kswapd_try_to_sleep()
+            # finds it unbalanced and runs again at once).
+            node.kswapd_failures = 0 if run_reclaimed else node.kswapd_failures + 1
+            pending = node.kswapd_highest_zoneidx
+            finish(False)
+            if node.kswapd_failures < KSWAPD_MAX_FAILURES and not pgdat_balanced(mm, nid, hz):
+                for h in node.hosts:
+                    mm.hosts[h].vmstat.inc("kswapd_high_wmark_hit_quickly")
+                balance_pgdat(mm, nid, max(hz, pending))
+            return
+        # Its next pass follows this one's work, which is CPU time of the host.
+        mm.sched.after(
+            max(kernel_thread_ran(mm, node.hosts, cost), 1_000), kswapd_step, f"kswapd{nid}"
+        )
 
     mm.sched.after(0, kswapd_step, f"kswapd{nid}")

@@ -10,6 +10,16 @@ VMSTAT_EVENTS = (
     "pgfault",
     "pgmajfault",
     "pgalloc",
+    # Frames taken per zone (faults, migrations, the zswap pool), and LRU
+    # pages kswapd passed over because they lie above the zone it balances.
+    "pgalloc_dma",
+    "pgalloc_dma32",
+    "pgalloc_normal",
+    "pgalloc_movable",
+    "pgskip_dma",
+    "pgskip_dma32",
+    "pgskip_normal",
+    "pgskip_movable",
     # zone_statistics(): a page allocated on the preferred node, or elsewhere.
     "numa_hit",
     "numa_miss",
@@ -41,6 +51,11 @@ VMSTAT_EVENTS = (
     "swap_ra_hit",
     "allocstall",
     "kswapd_wake",
+    # balance_pgdat() runs, kswapd woken again within its 0.1 s nap, and
+    # kswapd running again at once because its run left the node unbalanced.
+    "pageoutrun",
+    "kswapd_low_wmark_hit_quickly",
+    "kswapd_high_wmark_hit_quickly",
     "oom_kill",
     "pgmigrate_success",
     "pgmigrate_fail",

@@ -92,10 +92,11 @@ def size_class(nbytes: int) -> int:
 class Zspage:
     """One zspage: its class, the keys of the objects in it, its fullness group."""
 
-    __slots__ = ("cls", "fullness", "objs")
+    __slots__ = ("cls", "fullness", "nid", "objs")
 
-    def __init__(self, cls: int) -> None:
+    def __init__(self, cls: int, nid: int = 0) -> None:
         self.cls = cls
+        self.nid = nid  # the NUMA node its pages were allocated on
         self.objs: dict[int, None] = {}
         self.fullness = ZS_INUSE_RATIO_0
 
@@ -165,6 +166,8 @@ class ZsPool:
     def __init__(self) -> None:
         self.classes: dict[int, SizeClass] = {}
         self.where: dict[int, Zspage] = {}  # object key -> its zspage
+        # Pages of freed zspages per node, until the owner gives them back.
+        self.released: dict[int, int] = {}
         self.pages_allocated = 0  # zs_get_total_pages()
         self.pages_compacted = 0
         self.bytes_moved = 0  # by compaction, for its cost
@@ -186,8 +189,9 @@ class ZsPool:
             return 0
         return CLASS_PAGES[index]
 
-    def malloc(self, key: int, nbytes: int) -> int:
-        """zs_malloc(): place object `key`; returns the pages newly allocated."""
+    def malloc(self, key: int, nbytes: int, nid: int = 0) -> int:
+        """zs_malloc(): place object `key`; returns the pages newly allocated
+        (a new zspage's pages come from node `nid`)."""
         if not 0 < nbytes <= ZS_MAX_ALLOC_SIZE:
             raise ValueError(f"zs_malloc of {nbytes} bytes")
         if key in self.where:
@@ -197,7 +201,7 @@ class ZsPool:
         zspage = cls.find_get_zspage()
         grown = 0
         if zspage is None:
-            zspage = Zspage(cls.index)
+            zspage = Zspage(cls.index, nid)
             zspage.objs[key] = None
             cls.insert(zspage, cls.get_fullness_group(zspage))
             cls.objs_allocated += cls.objs_per_zspage
@@ -230,6 +234,7 @@ class ZsPool:
         cls.remove(zspage)
         cls.objs_allocated -= cls.objs_per_zspage
         self.pages_allocated -= cls.pages
+        self.released[zspage.nid] = self.released.get(zspage.nid, 0) + cls.pages
         return cls.pages
 
     def can_compact(self) -> int:

@@ -129,23 +129,42 @@ class Zswap:
 
 def _pool_add(mm: Mm, zswap: Zswap, page: int, nbytes: int, *, force: bool = False) -> bool:
     """zs_malloc(): place the page's entry, growing the pool by a whole zspage
-    from DRAM when no zspage of its class has room (down to the min watermark,
-    unless `force`)."""
-    from .page_alloc import take_frames, zone_watermark_ok
+    when no zspage of its class has room.
+
+    zswap_compress() asks for the zspage on the node of the page it stores
+    (zs_malloc(..., page_to_nid(page))), GFP_NOWAIT: the first node of that
+    node's zonelist above its low watermark, else above its min; none, and
+    the store fails (unless `force`)."""
+    from .page_alloc import frames_ok, take_frames
 
     need = zswap.zspool.pages_needed(nbytes)
-    if need and not force:
-        dram = mm.nodes[zswap.dram_node]
-        if not zone_watermark_ok(mm, zswap.dram_node, dram.wmark.min, need):
+    if not need:
+        zswap.zspool.malloc(page, nbytes)
+        return True
+    host = mm.hosts[zswap.host]
+    nid = mm.pages.node[page]
+    order = (
+        [nid, *(n for n in host.zonelist if n != nid)] if nid in host.zonelist else host.zonelist
+    )
+    target = next((n for n in order if frames_ok(mm, n, "low", need)), None)
+    if target is None:
+        target = next((n for n in order if frames_ok(mm, n, "min", need)), None)
+    if target is None:
+        if not force:
             return False
-    take_frames(mm, zswap.dram_node, zswap.zspool.malloc(page, nbytes))
+        target = order[0]
+    take_frames(mm, target, zswap.zspool.malloc(page, nbytes, target))
     return True
 
 
 def _pool_shrunk(mm: Mm, zswap: Zswap, freed: int) -> None:
+    """Give the frames of the zspages the pool freed back to their nodes."""
     from .page_alloc import take_frames
 
-    take_frames(mm, zswap.dram_node, -freed)
+    released = zswap.zspool.released
+    for nid, n in released.items():
+        take_frames(mm, nid, -n)
+    released.clear()
 
 
 def _pool_remove(mm: Mm, zswap: Zswap, page: int) -> None:

@@ -1,0 +1,193 @@
+"""Zones within a node: watermarks, lowmem reserves, pageblock fallbacks and
+watermark boosting, and kswapd balancing one zone (mmzone.py, page_alloc.py,
+vmscan.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sim_helpers import run_text, vm
+from tiersim._errors import ConfigError
+from tiersim.orchestrator.mmzone import (
+    PAGEBLOCK_NR_PAGES,
+    ZONE_DMA,
+    ZONE_DMA32,
+    PageBlock,
+    boost_watermark,
+    new_zone,
+    node_watermarks,
+    setup_per_zone_lowmem_reserve,
+    setup_per_zone_wmarks,
+)
+from tiersim.orchestrator.page_alloc import _rmqueue_fallback
+from tiersim.orchestrator.scenario import loads_scenario
+
+
+def _guest_node0() -> list:
+    """Node 0 of the reference guest (its /proc/zoneinfo): DMA beside DMA32."""
+    dma = new_zone(ZONE_DMA, 0, 3808, managed=3840, blocks=[PageBlock("unmovable", 224)])
+    dma32 = new_zone(ZONE_DMA32, 0, 24731, managed=32728)
+    return [dma, dma32]
+
+
+def test_watermarks_and_lowmem_reserve_follow_the_guests_zoneinfo() -> None:
+    zones = _guest_node0()
+    node1 = new_zone(ZONE_DMA32, 1, 46356, managed=48043)
+    setup_per_zone_lowmem_reserve(zones)
+    setup_per_zone_wmarks(zones, 10, lowmem=3840 + 32728 + 48043)
+    dma, dma32 = zones
+    # The guest's zoneinfo: DMA min 26 low 32 high 38, protection (0, 127, ...).
+    assert (dma.wmark.min, dma.wmark.low, dma.wmark.high) == (26, 32, 38)
+    assert dma.lowmem_reserve == [0, 127, 127, 127]
+    assert dma32.lowmem_reserve == [0, 0, 0, 0]
+    # DMA32: the kernel shows 223/278/333; min_free_kbytes is taken of
+    # managed pages here (of nr_free_buffer_pages() in the kernel).
+    assert abs(dma32.wmark.min - 223) <= 2 and abs(dma32.wmark.high - 333) <= 3
+    # Node-wide marks carry the reserve the DMA zone keeps from user pages.
+    assert node_watermarks(zones).min == dma.wmark.min + dma32.wmark.min + 127
+    assert node1.lowmem_reserve == [0, 0, 0, 0]
+
+
+def test_boost_adds_a_pageblock_up_to_its_cap_and_skips_tiny_zones() -> None:
+    dma, _ = _guest_node0()
+    setup_per_zone_wmarks([dma], 10, lowmem=84611)
+    assert boost_watermark(dma)
+    assert dma.watermark_boost == PAGEBLOCK_NR_PAGES
+    assert boost_watermark(dma)
+    # max(pageblock_nr_pages, 150 % of high): one pageblock for a 38-page high mark.
+    assert dma.watermark_boost == PAGEBLOCK_NR_PAGES
+    assert dma.mark("high") == 38 + PAGEBLOCK_NR_PAGES
+    tiny = new_zone(ZONE_DMA, 0, 1000)
+    assert not boost_watermark(tiny)
+    assert tiny.watermark_boost == 0
+
+
+def test_fallback_claims_half_free_blocks_and_steals_from_the_rest() -> None:
+    zone = new_zone(
+        ZONE_DMA32,
+        0,
+        4000,
+        blocks=[PageBlock("unmovable", 100), PageBlock("reclaimable", 300)],
+    )
+    setup_per_zone_wmarks([zone], 10)
+    zone.free_movable = 0
+    # The largest free block is claimed whole (300 >= 256) and boosts the zone.
+    _rmqueue_fallback(zone, page=7)
+    assert zone.boosted and zone.watermark_boost == PAGEBLOCK_NR_PAGES
+    assert zone.free_movable == 299
+    assert [b.migratetype for b in zone.blocks] == ["unmovable"]
+    assert 7 not in zone.stolen
+    # With only a 100-page block left, a fallback boosts but takes one page,
+    # which belongs to its pageblock until freed.
+    zone.free_movable = 0
+    zone.boosted = False
+    _rmqueue_fallback(zone, page=8)
+    assert zone.boosted
+    block = zone.stolen[8]
+    assert (block.free, block.movable) == (99, 1)
+
+
+def test_small_free_blocks_are_stolen_without_a_boost() -> None:
+    zone = new_zone(ZONE_DMA32, 0, 4000, blocks=[PageBlock("unmovable", 10)])
+    setup_per_zone_wmarks([zone], 10)
+    zone.free_movable = 0
+    _rmqueue_fallback(zone, page=1)
+    # Below pageblock_order / 2 no claim is tried, so no boost.
+    assert not zone.boosted and zone.watermark_boost == 0
+    assert zone.stolen[1].free == 9
+
+
+ZONED = """
+[scenario]
+name = "zones"
+seed = 3
+duration = "3600s"
+
+[[hosts]]
+name = "guest"
+cpus = 1
+
+[[nodes]]
+name = "node0"
+kind = "dram"
+host = "guest"
+capacity = "111360KiB"
+
+[[nodes.zones]]
+zone = "DMA"
+size = "15232KiB"
+managed = "15MiB"
+unmovable = [224]
+
+[[nodes.zones]]
+zone = "DMA32"
+size = "96128KiB"
+managed = "130912KiB"
+unmovable = [131]
+reclaimable = [512, 298]
+
+[[nodes]]
+name = "node1"
+kind = "cxl"
+host = "guest"
+capacity = "183840KiB"
+
+[tunables]
+demotion_enabled = true
+
+[[cgroups]]
+name = "ref"
+
+[[workloads]]
+name = "ref"
+host = "guest"
+cgroup = "ref"
+footprint = "224MiB"
+content = "text"
+accesses = 114688
+pattern = { kind = "scan" }
+"""
+
+
+def test_fallbacks_in_the_dma_zone_wake_kswapd_to_demote_from_it() -> None:
+    """The reference `demotion` workload's mechanism: node 0 never reaches the
+    slow path (its overflow goes to node 1), yet kswapd demotes from it,
+    woken by the DMA zone's boosted watermarks, skipping DMA32 pages."""
+    doc = run_text(ZONED)[0]
+    assert vm(doc, "allocstall") == 0
+    assert vm(doc, "pgalloc_dma") > 3808  # the DMA zone is refilled again and again
+    assert vm(doc, "pageoutrun") >= 5
+    assert vm(doc, "pgdemote_kswapd") > 1000
+    assert vm(doc, "pgskip_dma32") > 0
+    without = run_text(ZONED.replace("unmovable = [224]", "unmovable = []"))[0]
+    # Without free pages in foreign pageblocks nothing boosts the DMA zone.
+    assert vm(without, "pgdemote_kswapd") == 0
+    assert vm(without, "pgskip_dma32") == 0
+
+
+def test_a_node_without_zones_is_one_movable_zone() -> None:
+    plain = ZONED.split("[[nodes.zones]]")[0] + ZONED.split("reclaimable = [512, 298]\n")[1]
+    doc = run_text(plain)[0]
+    assert vm(doc, "pgalloc_dma") == vm(doc, "pgalloc_dma32") == 0
+    assert vm(doc, "pgalloc_movable") > 0
+    assert vm(doc, "pgdemote_kswapd") == 0
+
+
+@pytest.mark.parametrize(
+    ("edit", "key", "message"),
+    [
+        (('zone = "DMA"\n', 'zone = "HighMem"\n'), "zone", "must be one of"),
+        (('size = "15232KiB"', 'size = "15233KiB"'), "size", "whole number"),
+        (('size = "15232KiB"', 'size = "14MiB"'), "zones", "add up to"),
+        (('managed = "15MiB"', 'managed = "1MiB"'), "managed", "less than size"),
+        (("unmovable = [224]", "unmovable = [600]"), "unmovable", "each 1 to 512"),
+        (('zone = "DMA32"', 'zone = "DMA"'), "zone", "listed twice"),
+    ],
+)
+def test_zone_mistakes_name_the_key(edit: tuple[str, str], key: str, message: str) -> None:
+    text = ZONED.replace(edit[0], edit[1], 1)
+    with pytest.raises(ConfigError) as info:
+        loads_scenario(text)
+    assert message in info.value.message
+    assert info.value.key is not None and info.value.key.endswith(key)
+    assert info.value.line is not None
