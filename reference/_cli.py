@@ -64,6 +64,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     w = load_workload(args.workload)
     if args.runs is not None and args.runs < 1:
         raise ConfigError("must be at least 1", key="--runs")
+    if args.append and not args.out:
+        raise ConfigError("adds the runs to the recording at --out; give one", key="--append")
     trace = None
     if args.trace or args.ftrace:
         option = "--trace" if args.trace else "--ftrace"
@@ -90,6 +92,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     except HarnessError as exc:
         print(f"tiersim: error: {exc}", file=sys.stderr)
         return 1
+    if args.append:
+        from .record import merge
+
+        out = Path(args.out)
+        if out.exists():
+            try:
+                doc = merge(json.loads(out.read_text()), doc)
+            except HarnessError as exc:
+                print(f"tiersim: error: {out}: {exc}", file=sys.stderr)
+                return 1
     if args.out:
         write_json(Path(args.out), doc)
         if not args.quiet:
@@ -255,6 +267,12 @@ def register(subparsers: Any) -> None:
     )
     run.add_argument(
         "--no-install", action="store_true", help="never apt-get install missing tools"
+    )
+    run.add_argument(
+        "--append",
+        action="store_true",
+        help="add the runs to the recording at --out (same workload and kernel) instead of "
+        "replacing it",
     )
     run.add_argument("--quiet", action="store_true", help="no progress messages")
     run.set_defaults(func=cmd_run)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .errors import GuestError, GuestTimeout, ToolError
 from .spec import ReferenceWorkload
+from .zones import guest_zones
 
 BEGIN = "===TIERSIM BEGIN "
 END = "===TIERSIM END "
@@ -448,6 +449,7 @@ def parse_report(text: str, console: str = "") -> dict[str, object]:
             **{k: v * 1024 for k, v in swap.items()},
         },
         "tiers": parse_kv_text(sec.get("tiers", [])),
+        "zones": guest_zones(sec.get("zoneinfo-start", []), sec.get("pagetypeinfo-start", [])),
         "params": parse_kv_text(sec.get("params", [])),
         "mm": parse_kv_text(sec.get("mm", [])),
         "workload": workload,

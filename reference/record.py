@@ -217,6 +217,8 @@ def aggregate(
                 k: _range([int(rep["meminfo"].get(k, 0)) for rep in reports]) for k in meminfo_keys
             },
             "tiers": reports[0].get("tiers", {}),
+            # Per run, the zones at the workload's start (reference/zones.py).
+            "zones": [rep.get("zones", []) for rep in reports],
             # /sys/kernel/mm/lru_gen/enabled during the runs (0x0000: the
             # active/inactive LRU that tiersim models).
             "lru_gen": reports[0].get("mm", {}).get("lru_gen", "?"),
@@ -312,6 +314,54 @@ def record(
     finally:
         if keep is None:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def merge(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """One recording of the runs of two: `new` appended to `old`.
+
+    Both must record the same workload file on the same kernel release. A
+    counter a recording lacks was zero in all of its runs (see aggregate()).
+    Per-run data the older one did not record (the zones) is left empty for
+    its runs.
+    """
+    for key in ("schema", "workload", "workload_sha256"):
+        if old.get(key) != new.get(key):
+            raise HarnessError(
+                f"cannot append: the recordings differ in {key} "
+                f"({old.get(key)!r} against {new.get(key)!r})"
+            )
+    if old["kernel"].get("release") != new["kernel"].get("release"):
+        raise HarnessError(
+            "cannot append: recorded on kernel "
+            f"{old['kernel'].get('release')}, this run on {new['kernel'].get('release')}"
+        )
+    n_old, n_new = int(old["runs"]), int(new["runs"])
+
+    def joined(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+        out = {}
+        for k in sorted(set(a) | set(b)):
+            va = list(a[k]["values"]) if k in a else [0] * n_old
+            vb = list(b[k]["values"]) if k in b else [0] * n_new
+            out[k] = _range(va + vb)
+        return out
+
+    doc = dict(new)
+    doc["runs"] = n_old + n_new
+    doc["counters"] = joined(old["counters"], new["counters"])
+    og, ng = old["guest"], new["guest"]
+    guest = dict(ng)
+    guest["meminfo"] = joined(og.get("meminfo", {}), ng.get("meminfo", {}))
+    for key in ("elapsed_ns", "wall_s"):
+        guest[key] = _range(list(og[key]["values"]) + list(ng[key]["values"]))
+    op, np_ = og.get("progress_ns", {}), ng.get("progress_ns", {})
+    if op.get("every") == np_.get("every"):
+        guest["progress_ns"] = {
+            "every": np_.get("every", 0),
+            "values": list(op.get("values", [])) + list(np_.get("values", [])),
+        }
+    guest["zones"] = list(og.get("zones") or [[]] * n_old) + list(ng.get("zones") or [[]] * n_new)
+    doc["guest"] = guest
+    return doc
 
 
 def write_json(path: Path, doc: Any) -> None:

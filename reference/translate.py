@@ -40,8 +40,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from tiersim._units import parse_size
+from tiersim.orchestrator._mm import CpuCosts
+
 from .image import CGROUP_NAME, HOST_NAME, WORKLOAD_NAME
 from .spec import PAGE_SIZE, ReferenceWorkload
+from .zones import zones_of_run
 
 NODE_NAMES = ("node0", "node1")
 SWAP_NAME = "swap0"
@@ -57,8 +61,38 @@ def _meminfo_min(data: Mapping[str, Any] | None, key: str) -> int | None:
     return int(entry["min"])
 
 
+def node_zones(w: ReferenceWorkload, data: Mapping[str, Any] | None) -> list[list[dict[str, Any]]]:
+    """Per node, its [[nodes.zones]] from the recorded zones (empty without a recording of them).
+
+    The zones of one run, the one with the least memory free at the start:
+    each zone's free pages (its size), managed pages, and the free pages of
+    its unmovable and reclaimable pageblocks (reference/zones.py).
+    """
+    recorded = zones_of_run(data)
+    out: list[list[dict[str, Any]]] = [[] for _ in w.nodes]
+    for z in recorded:
+        i = int(z["node"])
+        if i >= len(out) or not z.get("free"):
+            continue
+        entry: dict[str, Any] = {
+            "zone": z["zone"],
+            "size": _size(int(z["free"]) * PAGE_SIZE),
+            "managed": _size(max(int(z["managed"]), int(z["free"])) * PAGE_SIZE),
+        }
+        blocks = z.get("fallback_blocks", {})
+        for key, mt in (("unmovable", "Unmovable"), ("reclaimable", "Reclaimable")):
+            if blocks.get(mt):
+                entry[key] = [int(b) for b in blocks[mt]]
+        out[i].append(entry)
+    return out
+
+
 def node_capacities(w: ReferenceWorkload, data: Mapping[str, Any] | None) -> list[int]:
-    """Bytes tiersim gives each NUMA node: the guest's free memory at start, or the nominal size."""
+    """Bytes tiersim gives each NUMA node: the guest's free memory at start, or the
+    nominal size. With recorded zones, the free memory of their run."""
+    zones = node_zones(w, data)
+    if all(zones):
+        return [sum(_bytes(z["size"]) for z in zs) for zs in zones]
     out = []
     for i, node in enumerate(w.nodes):
         free = _meminfo_min(data, f"node{i}.MemFree")
@@ -85,6 +119,30 @@ def guest_think_ns(w: ReferenceWorkload, data: Mapping[str, Any] | None) -> int 
         return None
     values = [int(v) for v in elapsed["values"]]
     return int(sum(values) / len(values) / accesses)
+
+
+def kernel_cpu_scale(w: ReferenceWorkload, data: Mapping[str, Any] | None) -> float | None:
+    """How many times slower the guest runs kernel work than tiersim's CPU costs.
+
+    The workload's first stretch is all first touches: the guest's time per
+    access there (mean over the runs) against what tiersim charges for one
+    (a minor fault and the store to node 0). Under TCG this is about a
+    hundred. With the workload paced at the guest's clock, kswapd's work is
+    scaled by it, so that reclaim keeps the guest's pace against the
+    allocations it races.
+    """
+    if not data or not w.nodes:
+        return None
+    progress = data.get("guest", {}).get("progress_ns")
+    if not isinstance(progress, Mapping):
+        return None
+    every = int(progress.get("every") or 0)
+    firsts = [int(v[1]) - int(v[0]) for v in progress.get("values") or [] if len(v) > 1]
+    if every <= 0 or not firsts:
+        return None
+    per_access = sum(firsts) / len(firsts) / every
+    fault = CpuCosts().minor_fault_ns + w.nodes[0].latency_ns
+    return round(max(1.0, per_access / fault), 1)
 
 
 def guest_think_schedule(
@@ -142,6 +200,10 @@ def _size(n: int) -> str | int:
     return n
 
 
+def _bytes(v: str | int) -> int:
+    return v if isinstance(v, int) else parse_size(v)
+
+
 def _limit(v: int | None) -> str | int:
     return "max" if v is None else _size(v)
 
@@ -152,7 +214,7 @@ def use_guest_time(w: ReferenceWorkload, guest_time: bool | None) -> bool:
     and the zswap shrinker (it counts from cgroup statistics flushed every 2 s)."""
     if guest_time is not None:
         return guest_time
-    return bool(w.tunables.numa_balancing) or w.zswap.shrinker_enabled
+    return bool(w.tunables.numa_balancing) or w.zswap.shrinker_enabled or w.tiered
 
 
 def to_scenario(
@@ -160,6 +222,7 @@ def to_scenario(
 ) -> dict[str, Any]:
     """The tiersim scenario (as a dict in the scenario file format) for `w`."""
     caps = node_capacities(w, data)
+    zones = node_zones(w, data)
     nodes: list[dict[str, Any]] = []
     for i, (node, cap) in enumerate(zip(w.nodes, caps, strict=True)):
         entry: dict[str, Any] = {
@@ -178,6 +241,8 @@ def to_scenario(
                     "source": "HMAT entry of the reference guest",
                 }
             }
+        if all(zones):
+            entry["zones"] = zones[i]
         nodes.append(entry)
     if w.swap_bytes:
         nodes.append(
@@ -206,6 +271,9 @@ def to_scenario(
     ram = total_ram(data, caps)
     if ram is not None:
         host["total_ram"] = _size(ram)
+    scale = kernel_cpu_scale(w, data) if use_guest_time(w, guest_time) and w.tiered else None
+    if scale is not None:
+        host["kernel_cpu_scale"] = scale
 
     def room(limit: int | None) -> int | None:
         return None if limit is None else max(PAGE_SIZE, limit - base)
