@@ -2,7 +2,7 @@
 
 One entry per virtual page of every simulated process (DESIGN principle 5).
 What the kernel keeps in the PTE, `struct folio` and the swap entry is kept
-here in parallel arrays, 41 bytes a page in all:
+here in parallel arrays, 39 bytes a page in all:
 
     node     int16   NUMA node holding the page (-1: none)
     state    uint8   where the page lives: see the PS_* constants
