@@ -195,7 +195,8 @@ class Process:
     chunk_lists: Any = None
     # Accesses served by each node (numpy int64 array indexed by node id).
     node_hits: Any = None
-    # The host's kernel_cpu_ns when this process last paid its share.
+    # Whether it has run, and the host's kernel_cpu_ns when it last paid its share.
+    started: bool = False
     kernel_cpu_seen_ns: int = 0
 
 

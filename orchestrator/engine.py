@@ -159,6 +159,16 @@ class Simulation:
                 read_ns=int(lat.read_base_ns + lat.per_cacheline_ns),
                 write_ns=int(lat.write_base_ns + lat.per_cacheline_ns),
             )
+            if ncfg.zones and (
+                info.kind not in (NodeKind.DRAM, NodeKind.CXL)
+                or sum(z.size for z in ncfg.zones) != pages * PAGE_SIZE
+            ):
+                raise ConfigError(
+                    f"node {ncfg.name!r} reports {pages} pages of {info.kind.name.lower()} "
+                    "memory; its zones describe "
+                    f"{sum(z.size for z in ncfg.zones) // PAGE_SIZE} pages of dram or cxl memory",
+                    key=f"nodes.{ncfg.name}.zones",
+                )
             node.zones = _zones(ncfg, nid, pages)
             node.simple = len(node.zones) == 1 and not node.zones[0].blocks
             setup_per_zone_lowmem_reserve(node.zones)

@@ -147,13 +147,22 @@ def _pay_kernel_cpu(mm: Mm, proc: Process) -> None:
     CPU to spare the kernel threads run there and cost the processes nothing.
     """
     host = mm.hosts[proc.host]
+    if not proc.started:
+        # Kernel work before the process started took nothing from it.
+        proc.started = True
+        proc.kernel_cpu_seen_ns = host.kernel_cpu_ns
+        return
     delta = host.kernel_cpu_ns - proc.kernel_cpu_seen_ns
     if not delta:
         return
     proc.kernel_cpu_seen_ns = host.kernel_cpu_ns
-    running = sum(1 for p in mm.procs if p.host == proc.host and not p.done)
-    if running >= host.cpus:
+    if running_processes(mm, proc.host) >= host.cpus:
         proc.clock_ns += delta // host.cpus
+
+
+def running_processes(mm: Mm, host: int) -> int:
+    """Processes of `host` that have started and not finished."""
+    return sum(1 for p in mm.procs if p.host == host and p.started and not p.done)
 
 
 async def _fault_at_pos(mm: Mm, proc: Process) -> bool:

@@ -233,9 +233,10 @@ async def promote_page(mm: Mm, page: int, dst: int, host: Host, dst_zone: int) -
         return False, 0
     mm.note_state(src, result.state)
     if result.codes[0] != OK:
+        # Poisoned where it is: it keeps its frame until the task touches it
+        # (SIGBUS) or exits, which free it (memory.forget_page, exit_mmap).
         pages.state[page] = PS_POISONED
         host.vmstat.inc("memory_failure")
-        free_frame(mm, src, page)
         return False, result.cost_ns
     if pages.state[page] == PS_CRAM_RO:
         mm.verify(page, result.data[0])

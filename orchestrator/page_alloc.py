@@ -36,6 +36,7 @@ __all__ = [
     "alloc_page",
     "frames_ok",
     "free_frame",
+    "give_frames",
     "min_free_kbytes",
     "set_zone",
     "setup_watermarks",
@@ -160,7 +161,10 @@ def _zone_for(node: Numa) -> Zone:
     for z in reversed(zones):
         if _headroom(z, "min") >= 1:
             return z
-    return max((z for z in zones if z.free > 0), key=lambda z: _headroom(z, "min"))
+    free = [z for z in zones if z.free > 0]
+    if not free:
+        raise RuntimeError(f"node {node.name} has no free frame left")
+    return max(free, key=lambda z: _headroom(z, "min"))
 
 
 def take_frame(mm: Mm, nid: int, page: int = -1) -> int:
@@ -218,9 +222,9 @@ def alloc_migration_frames(mm: Mm, nid: int, pages: list[int]) -> list[int]:
     return out
 
 
-def take_frames(mm: Mm, nid: int, n: int) -> None:
-    """Take `n` frames of node `nid` that no page owns (the zswap pool's);
-    give them back when n < 0."""
+def take_frames(mm: Mm, nid: int, n: int) -> list[int]:
+    """Take `n` frames of node `nid` that no page owns (the zswap pool's):
+    the zone of each. On a node of one zone, n < 0 gives frames back."""
     node = mm.nodes[nid]
     if node.simple:
         zone = node.zones[0]
@@ -229,14 +233,31 @@ def take_frames(mm: Mm, nid: int, n: int) -> None:
         node.free_pages -= n
         node.nr_pages += n
         mm.hosts[node.hosts[0]].vmstat[zone.pgalloc] += max(n, 0)
-        return
+        return [zone.idx] * max(n, 0)
+    if n < 0:
+        raise ValueError(f"node {node.name} has zones: give frames back with give_frames()")
+    out = []
     for _ in range(n):
         zone = _zone_for(node)
         rmqueue(mm, node, zone, -1)
         zone.untracked += 1
-    for _ in range(-n):
-        zone = next((z for z in reversed(node.zones) if z.untracked), node.zones[-1])
-        zone.untracked = max(0, zone.untracked - 1)
+        out.append(zone.idx)
+    return out
+
+
+def give_frames(mm: Mm, nid: int, zone_idx: int, n: int) -> None:
+    """Give back `n` frames take_frames() took in zone `zone_idx` (-1: the node's only zone)."""
+    node = mm.nodes[nid]
+    if node.simple:
+        take_frames(mm, nid, -n)
+        return
+    zone = node.zone_at(zone_idx)
+    if zone.untracked < n:
+        raise ValueError(
+            f"zone {zone.name} of node {node.name} holds {zone.untracked} pool frames, not {n}"
+        )
+    zone.untracked -= n
+    for _ in range(n):
         free_one(node, zone, -1)
 
 
@@ -299,9 +320,10 @@ async def alloc_page(
     The fast path takes from the first zone of the host's zonelist above its
     low watermark; the slow path wakes kswapd on every node of the zonelist,
     retries down to the min watermark, then reclaims directly
-    (__alloc_pages_slowpath), giving up after MAX_RECLAIM_RETRIES rounds
-    without progress. The page's zone is recorded; it must not hold a frame
-    on a node with zones meanwhile (migrations use take_frame()).
+    (__alloc_pages_slowpath), giving up after a round without progress
+    (rounds that reclaim something go on). The page's zone is recorded; it
+    must not hold a frame on a node with zones meanwhile (migrations use
+    take_frame()).
     """
     nid, zone = _first_ok(mm, host, "low")
     if zone is not None:

@@ -485,10 +485,12 @@ def kernel_thread_ran(mm: Mm, hosts: list[int], cost: int) -> int:
     in memory.run_step()). With a CPU to spare it runs there at full speed.
     """
     cost = int(cost * max(mm.hosts[h].kernel_cpu_scale for h in hosts))
+    from .memory import running_processes
+
     wall = cost
     for h in hosts:
         host = mm.hosts[h]
-        running = sum(1 for p in mm.procs if p.host == h and not p.done)
+        running = running_processes(mm, h)
         if running >= host.cpus:
             host.kernel_cpu_ns += cost
             wall = max(wall, cost * (running + 1) // host.cpus)
@@ -632,12 +634,12 @@ def balance_pgdat(mm: Mm, nid: int, highest_zoneidx: int) -> None:
             # The run is over without the node balanced (kswapd_try_to_sleep()
             # finds it unbalanced and runs again at once).
             node.kswapd_failures = 0 if run_reclaimed else node.kswapd_failures + 1
-            pending = node.kswapd_highest_zoneidx
+            again = max(hz, node.kswapd_highest_zoneidx)
             finish(False)
-            if node.kswapd_failures < KSWAPD_MAX_FAILURES and not pgdat_balanced(mm, nid, hz):
+            if node.kswapd_failures < KSWAPD_MAX_FAILURES and not pgdat_balanced(mm, nid, again):
                 for h in node.hosts:
                     mm.hosts[h].vmstat.inc("kswapd_high_wmark_hit_quickly")
-                balance_pgdat(mm, nid, max(hz, pending))
+                balance_pgdat(mm, nid, again)
             return
         # Its next pass follows this one's work, which is CPU time of the host.
         mm.sched.after(

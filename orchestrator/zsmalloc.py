@@ -92,11 +92,12 @@ def size_class(nbytes: int) -> int:
 class Zspage:
     """One zspage: its class, the keys of the objects in it, its fullness group."""
 
-    __slots__ = ("cls", "fullness", "nid", "objs")
+    __slots__ = ("cls", "fullness", "nid", "objs", "zones")
 
     def __init__(self, cls: int, nid: int = 0) -> None:
         self.cls = cls
         self.nid = nid  # the NUMA node its pages were allocated on
+        self.zones: list[int] = []  # and the zone of each (set by the pool's owner)
         self.objs: dict[int, None] = {}
         self.fullness = ZS_INUSE_RATIO_0
 
@@ -166,8 +167,8 @@ class ZsPool:
     def __init__(self) -> None:
         self.classes: dict[int, SizeClass] = {}
         self.where: dict[int, Zspage] = {}  # object key -> its zspage
-        # Pages of freed zspages per node, until the owner gives them back.
-        self.released: dict[int, int] = {}
+        # Pages of freed zspages per (node, zone), until the owner gives them back.
+        self.released: dict[tuple[int, int], int] = {}
         self.pages_allocated = 0  # zs_get_total_pages()
         self.pages_compacted = 0
         self.bytes_moved = 0  # by compaction, for its cost
@@ -234,7 +235,9 @@ class ZsPool:
         cls.remove(zspage)
         cls.objs_allocated -= cls.objs_per_zspage
         self.pages_allocated -= cls.pages
-        self.released[zspage.nid] = self.released.get(zspage.nid, 0) + cls.pages
+        for zone in zspage.zones or [-1] * cls.pages:
+            key = (zspage.nid, zone)
+            self.released[key] = self.released.get(key, 0) + 1
         return cls.pages
 
     def can_compact(self) -> int:

@@ -152,18 +152,21 @@ def _pool_add(mm: Mm, zswap: Zswap, page: int, nbytes: int, *, force: bool = Fal
     if target is None:
         if not force:
             return False
-        target = order[0]
-    take_frames(mm, target, zswap.zspool.malloc(page, nbytes, target))
+        live = [n for n in order if not mm.nodes[n].lost]
+        target = max(live or order, key=lambda n: mm.nodes[n].free_pages)
+    zones = take_frames(mm, target, zswap.zspool.malloc(page, nbytes, target))
+    if zones:
+        zswap.zspool.where[page].zones = zones
     return True
 
 
 def _pool_shrunk(mm: Mm, zswap: Zswap, freed: int) -> None:
     """Give the frames of the zspages the pool freed back to their nodes."""
-    from .page_alloc import take_frames
+    from .page_alloc import give_frames
 
     released = zswap.zspool.released
-    for nid, n in released.items():
-        take_frames(mm, nid, -n)
+    for (nid, zone), n in released.items():
+        give_frames(mm, nid, zone, n)
     released.clear()
 
 

@@ -66,6 +66,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("must be at least 1", key="--runs")
     if args.append and not args.out:
         raise ConfigError("adds the runs to the recording at --out; give one", key="--append")
+    previous = None
+    if args.append and Path(args.out).exists():
+        # Checked before any boot, so that a mismatch costs no runs.
+        try:
+            previous = json.loads(Path(args.out).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{args.out} is not a recording: {exc}", key="--append") from None
+        if not isinstance(previous, dict) or previous.get("workload_sha256") != w.digest:
+            raise ConfigError(
+                f"{args.out} records another workload (or another version of its file)",
+                key="--append",
+            )
     trace = None
     if args.trace or args.ftrace:
         option = "--trace" if args.trace else "--ftrace"
@@ -92,16 +104,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     except HarnessError as exc:
         print(f"tiersim: error: {exc}", file=sys.stderr)
         return 1
-    if args.append:
+    if previous is not None:
         from .record import merge
 
-        out = Path(args.out)
-        if out.exists():
-            try:
-                doc = merge(json.loads(out.read_text()), doc)
-            except HarnessError as exc:
-                print(f"tiersim: error: {out}: {exc}", file=sys.stderr)
-                return 1
+        try:
+            doc = merge(previous, doc)
+        except HarnessError as exc:
+            # The runs are kept beside it rather than lost.
+            aside = Path(f"{args.out}.new")
+            write_json(aside, doc)
+            print(f"tiersim: error: {args.out}: {exc}; these runs are in {aside}", file=sys.stderr)
+            return 1
     if args.out:
         write_json(Path(args.out), doc)
         if not args.quiet:

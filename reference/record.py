@@ -330,6 +330,12 @@ def merge(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
                 f"cannot append: the recordings differ in {key} "
                 f"({old.get(key)!r} against {new.get(key)!r})"
             )
+    for key in ("lru_gen", "tiers"):
+        if key in old["guest"] and old["guest"][key] != new["guest"].get(key):
+            raise HarnessError(
+                f"cannot append: the guest's {key} differs "
+                f"({old['guest'][key]!r} against {new['guest'].get(key)!r})"
+            )
     if old["kernel"].get("release") != new["kernel"].get("release"):
         raise HarnessError(
             "cannot append: recorded on kernel "
@@ -351,14 +357,20 @@ def merge(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
     og, ng = old["guest"], new["guest"]
     guest = dict(ng)
     guest["meminfo"] = joined(og.get("meminfo", {}), ng.get("meminfo", {}))
-    for key in ("elapsed_ns", "wall_s"):
-        guest[key] = _range(list(og[key]["values"]) + list(ng[key]["values"]))
+    # elapsed_ns holds one value per completed run, or [0] for none.
+    elapsed = [v for v in [*og["elapsed_ns"]["values"], *ng["elapsed_ns"]["values"]] if v]
+    guest["elapsed_ns"] = _range(elapsed or [0])
+    guest["wall_s"] = _range(list(og["wall_s"]["values"]) + list(ng["wall_s"]["values"]))
     op, np_ = og.get("progress_ns", {}), ng.get("progress_ns", {})
-    if op.get("every") == np_.get("every"):
-        guest["progress_ns"] = {
-            "every": np_.get("every", 0),
-            "values": list(op.get("values", [])) + list(np_.get("values", [])),
-        }
+    if op.get("values") and np_.get("values") and op.get("every") != np_.get("every"):
+        raise HarnessError(
+            "cannot append: clock readings every "
+            f"{op.get('every')} accesses in the recording, every {np_.get('every')} in this one"
+        )
+    guest["progress_ns"] = {
+        "every": np_.get("every") if np_.get("values") else op.get("every", 0),
+        "values": list(op.get("values", [])) + list(np_.get("values", [])),
+    }
     guest["zones"] = list(og.get("zones") or [[]] * n_old) + list(ng.get("zones") or [[]] * n_new)
     doc["guest"] = guest
     return doc

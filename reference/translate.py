@@ -79,10 +79,19 @@ def node_zones(w: ReferenceWorkload, data: Mapping[str, Any] | None) -> list[lis
             "size": _size(int(z["free"]) * PAGE_SIZE),
             "managed": _size(max(int(z["managed"]), int(z["free"])) * PAGE_SIZE),
         }
+        # zoneinfo and pagetypeinfo are read a moment apart: the pageblocks
+        # never hold more than the zone's free pages.
+        room = int(z["free"])
         blocks = z.get("fallback_blocks", {})
         for key, mt in (("unmovable", "Unmovable"), ("reclaimable", "Reclaimable")):
-            if blocks.get(mt):
-                entry[key] = [int(b) for b in blocks[mt]]
+            kept = []
+            for b in blocks.get(mt, []):
+                take = min(int(b), room)
+                if take > 0:
+                    kept.append(take)
+                    room -= take
+            if kept:
+                entry[key] = kept
         out[i].append(entry)
     return out
 

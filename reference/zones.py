@@ -30,8 +30,13 @@ ZONE_NAMES = ("DMA", "DMA32", "Normal", "Movable")
 FALLBACK_TYPES = ("Reclaimable", "Unmovable")
 
 _ZONE_HEAD = re.compile(r"^Node\s+(\d+), zone\s+(\S+)$")
-_FREE_ROW = re.compile(r"^Node\s+(\d+), zone\s+(\S+), type\s+(\S+)\s+([\d\s]+)$")
+# Counts above 100000 are printed as ">100000" (pagetypeinfo_showfree_print()).
+_FREE_ROW = re.compile(r"^Node\s+(\d+), zone\s+(\S+), type\s+(\S+)\s+([\d\s>]+)$")
 _BLOCKS_ROW = re.compile(r"^Node\s+(\d+), zone\s+(\S+)\s+([\d\s]+)$")
+
+
+def _counts(text: str) -> list[int]:
+    return [int(v.lstrip(">")) for v in text.split()]
 
 
 def parse_zoneinfo(lines: Sequence[str]) -> list[dict[str, Any]]:
@@ -68,10 +73,15 @@ def parse_pagetypeinfo(lines: Sequence[str]) -> dict[tuple[int, str], dict[str, 
             order = int(line.split(":")[1])
         elif line.startswith("Number of blocks type"):
             block_types = line.split()[4:]
+            continue
+        elif line.startswith("Number of"):
+            # "Number of mixed blocks" (page_owner kernels): not pageblocks per type.
+            block_types = []
+            continue
         m = _FREE_ROW.match(line)
         if m:
             entry = out.setdefault((int(m.group(1)), m.group(2)), {"free": {}, "blocks": {}})
-            entry["free"][m.group(3)] = [int(v) for v in m.group(4).split()]
+            entry["free"][m.group(3)] = _counts(m.group(4))
             entry["pageblock_order"] = order
             continue
         m = _BLOCKS_ROW.match(line)
