@@ -99,7 +99,7 @@ async def test_an_agent_answers_a_batch_in_one_request() -> None:
     # promoted, or tried and found no room, are the accepted ones at most.
     assert pol["overridden"] > 0
     accepted = pol["verdicts"] - pol["overridden"]
-    assert 0 < vm["pgpromote_success"]
+    assert vm["pgpromote_success"] > 0
     assert vm["pgpromote_success"] + vm["pgpromote_fail"] <= accepted
 
 
