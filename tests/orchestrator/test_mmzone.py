@@ -4,10 +4,13 @@ vmscan.py)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from sim_helpers import run_text, vm
 from tiersim._errors import ConfigError
+from tiersim.orchestrator.memory import _pay_kernel_cpu
 from tiersim.orchestrator.mmzone import (
     PAGEBLOCK_NR_PAGES,
     ZONE_DMA,
@@ -191,3 +194,39 @@ def test_zone_mistakes_name_the_key(edit: tuple[str, str], key: str, message: st
     assert message in info.value.message
     assert info.value.key is not None and info.value.key.endswith(key)
     assert info.value.line is not None
+
+
+def _workload_ns(doc: dict) -> int:
+    return int(doc["workloads"]["ref"]["sim_time_ns"])
+
+
+def test_kswapd_shares_a_busy_hosts_cpu_and_sets_the_process_back() -> None:
+    """On one CPU kswapd's work delays the process; with CPUs to spare it does not."""
+    one = run_text(ZONED)[0]
+    four = run_text(ZONED.replace("cpus = 1", "cpus = 4"))[0]
+    assert vm(one, "pgdemote_kswapd") > 0 and vm(four, "pgdemote_kswapd") > 0
+    assert _workload_ns(one) > _workload_ns(four)
+    # Kernel work that is slower by a factor weighs more on the busy host.
+    slow = run_text(ZONED.replace("cpus = 1", "cpus = 1\nkernel_cpu_scale = 50"))[0]
+    assert _workload_ns(slow) > _workload_ns(one)
+
+
+def test_a_process_pays_for_kernel_time_only_after_it_started() -> None:
+    host = SimpleNamespace(kernel_cpu_ns=5_000_000, cpus=1)
+    proc = SimpleNamespace(host=0, started=False, done=False, kernel_cpu_seen_ns=0, clock_ns=0)
+    mm = SimpleNamespace(hosts=[host], procs=[proc])
+    _pay_kernel_cpu(mm, proc)  # its first step: kswapd's earlier work is not its loss
+    assert proc.clock_ns == 0 and proc.started
+    host.kernel_cpu_ns += 1_000
+    _pay_kernel_cpu(mm, proc)
+    assert proc.clock_ns == 1_000
+    host.cpus = 2  # a CPU to spare: kswapd runs there
+    host.kernel_cpu_ns += 1_000
+    _pay_kernel_cpu(mm, proc)
+    assert proc.clock_ns == 1_000
+
+
+def test_kernel_cpu_scale_below_one_is_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        loads_scenario(ZONED.replace("cpus = 1", "cpus = 1\nkernel_cpu_scale = 0.5"))
+    assert info.value.key == "hosts.guest.kernel_cpu_scale"
