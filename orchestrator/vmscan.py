@@ -505,17 +505,22 @@ def _boosted(mm: Mm, nid: int, highest_zoneidx: int) -> int:
 def wakeup_kswapd(mm: Mm, nid: int, highest_zoneidx: int = -1) -> None:
     """wakeup_kswapd(): have the node's kswapd balance zones up to highest_zoneidx.
 
-    kswapd is not woken when the node is balanced, unless a zone's watermarks
-    are boosted (a fallback allocation asked for reclaim ahead of need). A
-    wake-up while it runs is kept for its next run.
+    Every call raises the node's pending kswapd_highest_zoneidx, whether it
+    wakes kswapd or not: a run balances up to the highest zone asked for
+    since the last run started. So one wake-up from the allocator's slow
+    path makes the next run, whatever wakes it, cover the whole node.
+    kswapd is not woken when the node is balanced for the waker's zone,
+    unless a zone's watermarks are boosted (a fallback allocation asked for
+    reclaim ahead of need), nor while it runs (its next run sees the
+    request).
     """
     node = mm.nodes[nid]
     if node.lost or not node.zones:
         return
     top = node.zones[-1].idx
     hz = top if highest_zoneidx < 0 else min(highest_zoneidx, top)
+    node.kswapd_highest_zoneidx = max(node.kswapd_highest_zoneidx, hz)
     if node.kswapd_running:
-        node.kswapd_highest_zoneidx = max(node.kswapd_highest_zoneidx, hz)
         node.kswapd_rewake = True
         return
     if node.kswapd_failures >= KSWAPD_MAX_FAILURES:
@@ -524,7 +529,7 @@ def wakeup_kswapd(mm: Mm, nid: int, highest_zoneidx: int = -1) -> None:
         return
     if node.kind == NodeKind.CRAM and not mm.tunables.cram.reclaim:
         return
-    balance_pgdat(mm, nid, hz)
+    balance_pgdat(mm, nid, node.kswapd_highest_zoneidx)
 
 
 async def kswapd_shrink_node(
@@ -606,8 +611,16 @@ def balance_pgdat(mm: Mm, nid: int, highest_zoneidx: int) -> None:
         node.kswapd_slept_ns = mm.sched.now_ns
         again = node.kswapd_rewake and rewake
         node.kswapd_rewake = False
-        if again:
-            wakeup_kswapd(mm, nid, node.kswapd_highest_zoneidx)
+        pending = node.kswapd_highest_zoneidx
+        # kswapd_try_to_sleep(): asleep only if balanced for what was asked
+        # meanwhile; the request stays pending for the next wake-up.
+        if (
+            again
+            and pending >= 0
+            and node.kswapd_failures < KSWAPD_MAX_FAILURES
+            and (not pgdat_balanced(mm, nid, pending) or _boosted(mm, nid, pending))
+        ):
+            balance_pgdat(mm, nid, pending)
 
     async def kswapd_step() -> None:
         nonlocal nr_boost_reclaim, priority, run_reclaimed
