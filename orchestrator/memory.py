@@ -157,7 +157,12 @@ def _pay_kernel_cpu(mm: Mm, proc: Process) -> None:
         return
     proc.kernel_cpu_seen_ns = host.kernel_cpu_ns
     if running_processes(mm, proc.host) >= host.cpus:
-        proc.clock_ns += delta // host.cpus
+        lost = delta // host.cpus
+        proc.clock_ns += lost
+        # The task's CPU clock stood still meanwhile: its NUMA scanner, which
+        # runs on the task's runtime (task_tick_numa()), waits as long.
+        if proc.numa_next_scan_ns:
+            proc.numa_next_scan_ns += lost
 
 
 def running_processes(mm: Mm, host: int) -> int:

@@ -64,18 +64,6 @@ _DMA_ZONE = (
     "path's request pending for the next run, as kswapd_highest_zoneidx does, moved tiersim "
     "most of the way there (DMA allocations 76k -> 54k, the pool into range)."
 )
-_PROMOTION = (
-    "tiersim promotes 1.5k pages (kernel 237-1,105) and updates 20.7k PTEs against "
-    "1.0-8.8k (hint faults 10.9k against 1.0-5.7k): its NUMA scanner runs on simulated "
-    "wall time, the kernel's on the task's CPU time (task_tick_numa() counts "
-    "sum_exec_runtime), of which kswapd on the guest's one vCPU takes a share (it scans "
-    "0.2-4.9M pages here). tiersim's kswapd now sets the task back by its CPU time on a busy "
-    "host, but the scanner's period does not yet count only the task's own time. Demotions "
-    "agree (12.7k against 7.5-12.4k). With kswapd's requests not kept pending between runs "
-    "(kswapd_highest_zoneidx) tiersim ran kswapd 1,974 times (kernel 24-299) and promoted "
-    "1.0k pages; kept, as the kernel keeps them, it runs 9 times."
-)
-
 # (workload, counter) -> why tiersim does not match; "*" as workload means every workload.
 KNOWN_GAPS: dict[tuple[str, str], str] = {
     **{
@@ -94,7 +82,6 @@ KNOWN_GAPS: dict[tuple[str, str], str] = {
             "vmstat.pgdemote_direct",
         )
     },
-    ("promotion", "vmstat.pgpromote_success"): _PROMOTION,
 }
 
 

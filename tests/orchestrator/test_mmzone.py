@@ -213,13 +213,18 @@ def test_kswapd_shares_a_busy_hosts_cpu_and_sets_the_process_back() -> None:
 
 def test_a_process_pays_for_kernel_time_only_after_it_started() -> None:
     host = SimpleNamespace(kernel_cpu_ns=5_000_000, cpus=1)
-    proc = SimpleNamespace(host=0, started=False, done=False, kernel_cpu_seen_ns=0, clock_ns=0)
+    proc = SimpleNamespace(
+        host=0, started=False, done=False, kernel_cpu_seen_ns=0, clock_ns=0, numa_next_scan_ns=0
+    )
     mm = SimpleNamespace(hosts=[host], procs=[proc])
     _pay_kernel_cpu(mm, proc)  # its first step: kswapd's earlier work is not its loss
     assert proc.clock_ns == 0 and proc.started
+    proc.numa_next_scan_ns = 50_000
     host.kernel_cpu_ns += 1_000
     _pay_kernel_cpu(mm, proc)
     assert proc.clock_ns == 1_000
+    # The NUMA scanner runs on the task's runtime: its next pass waits as long.
+    assert proc.numa_next_scan_ns == 51_000
     host.cpus = 2  # a CPU to spare: kswapd runs there
     host.kernel_cpu_ns += 1_000
     _pay_kernel_cpu(mm, proc)
