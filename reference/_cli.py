@@ -299,7 +299,7 @@ def register(subparsers: Any) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="pace tiersim's accesses at the guest's measured rate "
-        "(default: only when the workload uses NUMA balancing)",
+        "(default: for two-node workloads, NUMA balancing and the zswap shrinker)",
     )
     cmp_.add_argument("--strict", action="store_true", help="exit 1 when a checked counter is out")
     cmp_.add_argument("--quiet", action="store_true", help="no warnings")

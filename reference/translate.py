@@ -219,8 +219,9 @@ def _limit(v: int | None) -> str | int:
 
 def use_guest_time(w: ReferenceWorkload, guest_time: bool | None) -> bool:
     """Pace by the guest's clock by default only where time drives the outcome:
-    NUMA balancing (scan periods, hint-fault latency against hot_threshold_ms)
-    and the zswap shrinker (it counts from cgroup statistics flushed every 2 s)."""
+    NUMA balancing (scan periods, hint-fault latency against hot_threshold_ms),
+    the zswap shrinker (it counts from cgroup statistics flushed every 2 s),
+    and two nodes (kswapd races the allocations that overflow to node 1)."""
     if guest_time is not None:
         return guest_time
     return bool(w.tunables.numa_balancing) or w.zswap.shrinker_enabled or w.tiered
