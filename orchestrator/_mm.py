@@ -81,10 +81,9 @@ class Numa:
     nr_pages: int = 0
     # Its zones, ascending (mmzone.py); one movable-only zone unless configured.
     zones: list[Zone] = field(default_factory=list)
-    # kswapd's pending request: the highest zone to balance (-1: none), and
-    # whether a wake-up came while it ran (it then runs again).
+    # kswapd's pending request: the highest zone asked for since its last run
+    # started (-1: none), as pgdat->kswapd_highest_zoneidx.
     kswapd_highest_zoneidx: int = -1
-    kswapd_rewake: bool = False
     # Runs in a row that reclaimed nothing (pgdat->kswapd_failures); reset by
     # any reclaim progress on the node.
     kswapd_failures: int = 0

@@ -243,7 +243,6 @@ class Simulation:
                 host=hi,
                 tunables=zt,
                 total_ram_pages=host.total_ram_pages,
-                dram_node=dram[0].id,
                 direct_nodes=[
                     mm.node_by_name[n] for n in zt.direct_nodes if mm.node_by_name[n] in host.nodes
                 ],

@@ -22,8 +22,6 @@ from .mmzone import (
     Zone,
     boost_watermark,
     min_free_kbytes,
-    new_zone,
-    setup_per_zone_wmarks,
 )
 
 if TYPE_CHECKING:
@@ -38,8 +36,6 @@ __all__ = [
     "free_frame",
     "give_frames",
     "min_free_kbytes",
-    "set_zone",
-    "setup_watermarks",
     "take_frame",
     "take_frames",
 ]
@@ -48,13 +44,8 @@ MAX_RECLAIM_RETRIES = 16  # mm/page_alloc.c
 MAX_DIRECT_RECLAIM_ROUNDS = 64 * MAX_RECLAIM_RETRIES
 
 
-def setup_watermarks(
-    node_pages: dict[int, int], watermark_scale_factor: int = 10
-) -> dict[int, Watermarks]:
-    """__setup_per_zone_wmarks() for nodes of one zone each (see mmzone.setup_per_zone_wmarks)."""
-    zones = {nid: new_zone(ZONE_MOVABLE, nid, pages) for nid, pages in node_pages.items()}
-    setup_per_zone_wmarks(list(zones.values()), watermark_scale_factor)
-    return {nid: z.wmark for nid, z in zones.items()}
+# fallbacks[MIGRATE_MOVABLE]: the order in which a movable allocation tries them.
+_FALLBACK_ORDER = {mt: i for i, mt in enumerate(FALLBACK_TYPES)}
 
 
 # -- one zone ---------------------------------------------------------------
@@ -81,7 +72,7 @@ def _rmqueue_fallback(zone: Zone, page: int) -> None:
     blocks = zone.blocks
     if not blocks:
         raise RuntimeError(f"zone {zone.name} of node {zone.node} has no free page")
-    order = {mt: i for i, mt in enumerate(FALLBACK_TYPES)}
+    order = _FALLBACK_ORDER
     largest = max(blocks, key=lambda b: (b.free, -order[b.migratetype]))
     if largest.free >= PAGEBLOCK_NR_PAGES:
         _claim(zone, largest)
@@ -139,8 +130,9 @@ def free_one(node: Numa, zone: Zone, page: int) -> None:
 
 
 def _headroom(zone: Zone, which: str) -> int:
-    """Pages a user-page allocation may take from the zone before it falls
-    below the (boosted) watermark `which` plus the lowmem reserve."""
+    """Pages a user-page allocation (highest zone ZONE_MOVABLE) may take from
+    the zone before it falls below the (boosted) watermark `which` plus the
+    lowmem reserve kept against it."""
     return zone.free - zone.mark(which) - zone.lowmem_reserve[ZONE_MOVABLE]
 
 
@@ -171,7 +163,8 @@ def take_frame(mm: Mm, nid: int, page: int = -1) -> int:
     """Take a frame of node `nid` for `page`; returns its zone index.
 
     The caller has checked the node's watermarks. The page's zone is not
-    written: a migrating page still holds its old frame (see set_zone()).
+    written: a migrating page still holds its old frame until the migration
+    frees it and records the new zone (migrate.promote_page()).
     """
     node = mm.nodes[nid]
     zone = _zone_for(node)
@@ -276,18 +269,7 @@ def free_frame(mm: Mm, nid: int, page: int, zone_idx: int = -1) -> None:
     free_one(node, node.zone_at(idx), page)
 
 
-def set_zone(mm: Mm, page: int, zone_idx: int) -> None:
-    """The page now lives in the frame taken for it in zone `zone_idx`."""
-    mm.pages.zone[page] = zone_idx
-
-
 # -- the allocator ------------------------------------------------------------
-
-
-def _zone_ok(zone: Zone, which: str, highest_zoneidx: int) -> bool:
-    """__zone_watermark_ok() for one page: free above the (boosted) mark plus
-    the lowmem reserve kept against this allocation."""
-    return zone.free - 1 >= zone.mark(which) + zone.lowmem_reserve[highest_zoneidx]
 
 
 def _take(mm: Mm, host: Host, nid: int, zone: Zone, page: int) -> int:
@@ -307,7 +289,7 @@ def _first_ok(mm: Mm, host: Host, which: str) -> tuple[int, Zone | None]:
         if node.lost:
             continue
         for zone in reversed(node.zones):
-            if _zone_ok(zone, which, ZONE_MOVABLE):
+            if _headroom(zone, which) >= 1:  # __zone_watermark_ok() for one page
                 return nid, zone
     return -1, None
 

@@ -119,12 +119,8 @@ async def shrink_lruvec(
     *,
     kswapd: bool,
     memcg_reclaim: bool = False,
-    reclaim_idx: int | None = None,
 ) -> tuple[int, int]:
-    """Reclaim up to nr_to_reclaim pages of one memcg from one node: (reclaimed, ns).
-
-    With a reclaim_idx (kswapd balancing a lower zone), only pages of zones
-    up to it are reclaimed."""
+    """Reclaim up to nr_to_reclaim pages of one memcg from one node: (reclaimed, ns)."""
     inactive, active = mm.lru_lists(nid, memcg.index)
     host = mm.hosts[memcg.host]
     reclaimed = 0
@@ -134,7 +130,7 @@ async def shrink_lruvec(
     budget = 2 * (mm.lru.count[inactive] + mm.lru.count[active]) + SWAP_CLUSTER_MAX
     while reclaimed < nr_to_reclaim and scanned_total < budget:
         if inactive_is_low(mm, inactive, active) or mm.lru.count[inactive] == 0:
-            shrink_active_list(mm, host, inactive, active, SWAP_CLUSTER_MAX, reclaim_idx)
+            shrink_active_list(mm, host, inactive, active, SWAP_CLUSTER_MAX)
         scanned, got, c, _ = await shrink_inactive_list(
             mm,
             nid,
@@ -144,7 +140,6 @@ async def shrink_lruvec(
             SWAP_CLUSTER_MAX,
             kswapd=kswapd,
             memcg_reclaim=memcg_reclaim,
-            reclaim_idx=reclaim_idx,
         )
         if not scanned:
             break
@@ -243,9 +238,7 @@ async def shrink_folio_list(
     return reclaimed, cost, nr_pageout
 
 
-async def shrink_node(
-    mm: Mm, nid: int, nr_to_reclaim: int, *, kswapd: bool, reclaim_idx: int | None = None
-) -> tuple[int, int]:
+async def shrink_node(mm: Mm, nid: int, nr_to_reclaim: int, *, kswapd: bool) -> tuple[int, int]:
     """Reclaim from every memcg with pages on the node, in turn.
 
     As shrink_node_memcgs() does, each cgroup's LRU pass is followed by its
@@ -271,7 +264,7 @@ async def shrink_node(
         inactive, active = node.lru[idx]
         lru_pages = mm.lru.count[inactive] + mm.lru.count[active]
         before = host.vmstat[key]
-        got, c = await shrink_lruvec(mm, nid, memcg, share, kswapd=kswapd, reclaim_idx=reclaim_idx)
+        got, c = await shrink_lruvec(mm, nid, memcg, share, kswapd=kswapd)
         reclaimed += got
         cost += c
         scanned = host.vmstat[key] - before
@@ -403,13 +396,12 @@ async def shrink_lruvec_memcg(
         lru_size(mm, inactive, reclaim_idx) >> priority,
         lru_size(mm, active, reclaim_idx) >> priority,
     ]
-    if kswapd:
-        pass
-    elif mm.tunables.swappiness == 0:
+    # kswapd keeps the whole targets (SCAN_ANON); cgroup reclaim scales them.
+    if not kswapd and mm.tunables.swappiness == 0:
         # Cgroup reclaim with swappiness 0 scans file pages only (SCAN_FILE),
         # at every priority: a cgroup of anon pages cannot reclaim.
         targets = [0, 0]
-    elif priority:
+    elif not kswapd and priority:
         num, den = anon_scan_fraction(mm, memcg, nid)
         targets = [t * num // den for t in targets]
     # At priority 0 both kinds are scanned whole (SCAN_EQUAL).
@@ -521,7 +513,6 @@ def wakeup_kswapd(mm: Mm, nid: int, highest_zoneidx: int = -1) -> None:
     hz = top if highest_zoneidx < 0 else min(highest_zoneidx, top)
     node.kswapd_highest_zoneidx = max(node.kswapd_highest_zoneidx, hz)
     if node.kswapd_running:
-        node.kswapd_rewake = True
         return
     if node.kswapd_failures >= KSWAPD_MAX_FAILURES:
         return
@@ -532,22 +523,27 @@ def wakeup_kswapd(mm: Mm, nid: int, highest_zoneidx: int = -1) -> None:
     balance_pgdat(mm, nid, node.kswapd_highest_zoneidx)
 
 
+def kswapd_target(mm: Mm, nid: int, reclaim_idx: int | None) -> int:
+    """kswapd_shrink_node()'s nr_to_reclaim: the (boosted) high watermarks of
+    the zones it balances, at least SWAP_CLUSTER_MAX each."""
+    return sum(
+        max(z.mark("high"), SWAP_CLUSTER_MAX)
+        for z in mm.nodes[nid].zones
+        if reclaim_idx is None or z.idx <= reclaim_idx
+    )
+
+
 async def kswapd_shrink_node(
-    mm: Mm, nid: int, priority: int, reclaim_idx: int | None
+    mm: Mm, nid: int, priority: int, reclaim_idx: int | None, nr_to_reclaim: int
 ) -> tuple[int, int, int]:
     """kswapd_shrink_node(): one pass over every cgroup's lruvec on the node at
-    `priority`, aiming at the zones' high watermarks: (reclaimed, scanned, ns).
+    `priority`, aiming at nr_to_reclaim pages: (reclaimed, scanned, ns).
 
     Each cgroup's pass is followed by its zswap shrinker at that priority,
     and the root cgroup's turn by zsmalloc's (shrink_slab())."""
     from .zswap import zs_shrink_slab, zswap_shrink_slab
 
     node = mm.nodes[nid]
-    nr_to_reclaim = sum(
-        max(z.mark("high"), SWAP_CLUSTER_MAX)
-        for z in node.zones
-        if reclaim_idx is None or z.idx <= reclaim_idx
-    )
     reclaimed = scanned = cost = 0
     for idx in sorted(node.lru):
         memcg = mm.memcgs[idx]
@@ -587,8 +583,7 @@ def balance_pgdat(mm: Mm, nid: int, highest_zoneidx: int) -> None:
     """
     node = mm.nodes[nid]
     node.kswapd_running = True
-    node.kswapd_highest_zoneidx = -1
-    node.kswapd_rewake = False
+    node.kswapd_highest_zoneidx = -1  # requests from now on are for the next run
     now = mm.sched.now_ns
     for h in node.hosts:
         vm = mm.hosts[h].vmstat
@@ -609,13 +604,11 @@ def balance_pgdat(mm: Mm, nid: int, highest_zoneidx: int) -> None:
                 z.watermark_boost -= min(z.watermark_boost, boosts[z.idx])
         node.kswapd_running = False
         node.kswapd_slept_ns = mm.sched.now_ns
-        again = node.kswapd_rewake and rewake
-        node.kswapd_rewake = False
         pending = node.kswapd_highest_zoneidx
         # kswapd_try_to_sleep(): asleep only if balanced for what was asked
         # meanwhile; the request stays pending for the next wake-up.
         if (
-            again
+            rewake
             and pending >= 0
             and node.kswapd_failures < KSWAPD_MAX_FAILURES
             and (not pgdat_balanced(mm, nid, pending) or _boosted(mm, nid, pending))
@@ -634,13 +627,11 @@ def balance_pgdat(mm: Mm, nid: int, highest_zoneidx: int) -> None:
             # Balanced, or boost reclaim (file pages only: none here).
             finish(True)
             return
-        reclaimed, scanned, cost = await kswapd_shrink_node(mm, nid, priority, reclaim_idx)
-        run_reclaimed += reclaimed
-        nr_to_reclaim = sum(
-            max(z.mark("high"), SWAP_CLUSTER_MAX)
-            for z in node.zones
-            if reclaim_idx is None or z.idx <= reclaim_idx
+        nr_to_reclaim = kswapd_target(mm, nid, reclaim_idx)
+        reclaimed, scanned, cost = await kswapd_shrink_node(
+            mm, nid, priority, reclaim_idx, nr_to_reclaim
         )
+        run_reclaimed += reclaimed
         if scanned < nr_to_reclaim or not reclaimed:
             priority -= 1
         if priority < 1:

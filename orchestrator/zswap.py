@@ -81,7 +81,6 @@ class Zswap:
     host: int
     tunables: ZswapTunables
     total_ram_pages: int
-    dram_node: int
     direct_nodes: list[int]
     enabled: bool = False
     stats: ZswapStats = field(default_factory=ZswapStats)
@@ -160,7 +159,7 @@ def _pool_add(mm: Mm, zswap: Zswap, page: int, nbytes: int, *, force: bool = Fal
     return True
 
 
-def _pool_shrunk(mm: Mm, zswap: Zswap, freed: int) -> None:
+def _pool_shrunk(mm: Mm, zswap: Zswap) -> None:
     """Give the frames of the zspages the pool freed back to their nodes."""
     from .page_alloc import give_frames
 
@@ -171,14 +170,15 @@ def _pool_shrunk(mm: Mm, zswap: Zswap, freed: int) -> None:
 
 
 def _pool_remove(mm: Mm, zswap: Zswap, page: int) -> None:
-    """zs_free(): release the page's entry; a zspage left empty goes back to DRAM."""
-    _pool_shrunk(mm, zswap, zswap.zspool.free(page))
+    """zs_free(): release the page's entry; a zspage left empty goes back to its node."""
+    zswap.zspool.free(page)
+    _pool_shrunk(mm, zswap)
 
 
 def zs_compact(mm: Mm, zswap: Zswap) -> int:
-    """zs_compact() on the pool: pages given back to DRAM."""
+    """zs_compact() on the pool: pages given back to their nodes."""
     freed = zswap.zspool.compact()
-    _pool_shrunk(mm, zswap, freed)
+    _pool_shrunk(mm, zswap)
     return freed
 
 

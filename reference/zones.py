@@ -24,7 +24,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-ZONE_NAMES = ("DMA", "DMA32", "Normal", "Movable")
+from tiersim.orchestrator.mmzone import ZONE_NAMES
+
 # Migratetypes whose free pages a movable allocation reaches by fallback
 # (fallbacks[MIGRATE_MOVABLE]), in the kernel's order.
 FALLBACK_TYPES = ("Reclaimable", "Unmovable")

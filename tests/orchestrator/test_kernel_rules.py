@@ -121,7 +121,6 @@ def test_pool_limit_hysteresis_accept_threshold() -> None:
         host=0,
         tunables=ZswapTunables(enabled=True),
         total_ram_pages=1000,
-        dram_node=0,
         direct_nodes=[],
     )
     assert z.max_pages() == 200 and z.accept_thr_pages() == 180

@@ -1,13 +1,20 @@
 """Watermarks and the zswap shrinker's count."""
 
-from tiersim.orchestrator.page_alloc import min_free_kbytes, setup_watermarks
+from tiersim.orchestrator.mmzone import (
+    ZONE_MOVABLE,
+    min_free_kbytes,
+    new_zone,
+    setup_per_zone_wmarks,
+)
 
 
 def test_min_free_kbytes_and_watermarks_follow_page_alloc() -> None:
     # 1 GiB of lowmem: sqrt(1048576 * 16) = 4096 KiB.
     assert min_free_kbytes(262144) == 4096
     assert min_free_kbytes(10) == 128  # clamped
-    wm = setup_watermarks({0: 262144}, watermark_scale_factor=10)[0]
+    zone = new_zone(ZONE_MOVABLE, 0, 262144)
+    setup_per_zone_wmarks([zone], watermark_scale_factor=10)
+    wm = zone.wmark
     assert wm.min == 1024
     # max(min/4 = 256, 262144 * 10 / 10000 = 262) = 262
     assert (wm.low, wm.high, wm.promo) == (1024 + 262, 1024 + 524, 1024 + 786)
