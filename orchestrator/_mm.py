@@ -260,6 +260,11 @@ class Mm:
         # Resident pages read from a swap device that keep their slot (the swap
         # cache): page -> (swap node, slot handle, page version when read).
         self.swapcache: dict[int, tuple[int, int, int]] = {}
+        # Swap-device time of every write so far, ns. Part of the cost a
+        # kernel thread's work returns, but time the device spends, not the
+        # CPU: kernel threads subtract it before taking CPU time
+        # (vmscan.kernel_thread_ran()).
+        self.swap_write_ns = 0
 
     @property
     def finished(self) -> bool:

@@ -91,6 +91,11 @@ async def demote_folio_list(
             moved, remaining, c = await move_pages(mm, remaining, nid, node, host, reason="demote")
             demoted.extend(moved)
             cost += c
+        if remaining:
+            # migrate_pages() gives up on the list at the first folio it
+            # cannot allocate for (-ENOMEM): that one counts as failed, the
+            # rest go back untried.
+            host.vmstat.inc("pgmigrate_fail")
         failed.extend(remaining)
     if failed:
         host.vmstat.inc("pgdemote_fail", len(failed))

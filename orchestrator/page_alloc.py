@@ -137,10 +137,13 @@ def _headroom(zone: Zone, which: str) -> int:
 
 
 def frames_ok(mm: Mm, nid: int, which: str, n: int = 1) -> bool:
-    """Can `n` frames be taken on node `nid` without going below watermark `which`?"""
+    """Can `n` frames be taken on node `nid` without going below watermark
+    `which`? "none" ignores the watermarks and reserves (ALLOC_NO_WATERMARKS)."""
     node = mm.nodes[nid]
     if node.lost:
         return False
+    if which == "none":
+        return node.free_pages >= n
     if node.simple:
         return node.free_pages - n >= int(getattr(node.wmark, which))
     return sum(max(0, _headroom(z, which)) for z in node.zones) >= n

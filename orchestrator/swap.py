@@ -218,6 +218,7 @@ async def swap_write(
             continue
         mm.note_state(snid, result.state)
         cost += result.cost_ns
+        mm.swap_write_ns += result.cost_ns
         left = []
         for i, (page, data) in enumerate(remaining):
             if result.codes[i] == OK:

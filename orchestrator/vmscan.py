@@ -465,28 +465,33 @@ def pgdat_balanced(mm: Mm, nid: int, highest_zoneidx: int = -1) -> bool:
     return any(z.free >= z.mark(which) + z.lowmem_reserve[hz] for z in node.zones if z.idx <= hz)
 
 
-def kernel_thread_ran(mm: Mm, hosts: list[int], cost: int) -> int:
+def kernel_thread_ran(mm: Mm, hosts: list[int], cost: int, device_ns: int = 0) -> int:
     """A kernel thread did `cost` ns of work on `hosts`: the wall time it took.
 
-    The work is scaled by the host's kernel_cpu_scale (a host whose CPU runs
-    kernel code more slowly than tiersim's costs assume).
+    `device_ns` of the cost is time a device took (swap writes, which the
+    thread starts and waits out with its CPU free); the rest is CPU work.
+    The CPU work is scaled by the host's kernel_cpu_scale (a host whose CPU
+    runs kernel code more slowly than tiersim's costs assume); the device's
+    time is not.
 
     Where the processes keep every CPU busy the thread shares a CPU with
-    them, as CFS shares it: it takes (processes + 1) / cpus times as long,
-    and the processes lose that CPU time (Host.kernel_cpu_ns, charged to them
-    in memory.run_step()). With a CPU to spare it runs there at full speed.
+    them, as CFS shares it: its CPU work takes (processes + 1) / cpus times
+    as long, and the processes lose that CPU time (Host.kernel_cpu_ns,
+    charged to them in memory.run_step()). With a CPU to spare it runs there
+    at full speed.
     """
-    cost = int(cost * max(mm.hosts[h].kernel_cpu_scale for h in hosts))
+    device_ns = min(max(device_ns, 0), cost)
+    cpu = int((cost - device_ns) * max(mm.hosts[h].kernel_cpu_scale for h in hosts))
     from .memory import running_processes
 
-    wall = cost
+    wall = cpu
     for h in hosts:
         host = mm.hosts[h]
         running = running_processes(mm, h)
         if running >= host.cpus:
-            host.kernel_cpu_ns += cost
-            wall = max(wall, cost * (running + 1) // host.cpus)
-    return wall
+            host.kernel_cpu_ns += cpu
+            wall = max(wall, cpu * (running + 1) // host.cpus)
+    return wall + device_ns
 
 
 def _boosted(mm: Mm, nid: int, highest_zoneidx: int) -> int:
@@ -628,9 +633,11 @@ def balance_pgdat(mm: Mm, nid: int, highest_zoneidx: int) -> None:
             finish(True)
             return
         nr_to_reclaim = kswapd_target(mm, nid, reclaim_idx)
+        written_before = mm.swap_write_ns
         reclaimed, scanned, cost = await kswapd_shrink_node(
             mm, nid, priority, reclaim_idx, nr_to_reclaim
         )
+        device_ns = mm.swap_write_ns - written_before
         run_reclaimed += reclaimed
         if scanned < nr_to_reclaim or not reclaimed:
             priority -= 1
@@ -647,7 +654,9 @@ def balance_pgdat(mm: Mm, nid: int, highest_zoneidx: int) -> None:
             return
         # Its next pass follows this one's work, which is CPU time of the host.
         mm.sched.after(
-            max(kernel_thread_ran(mm, node.hosts, cost), 1_000), kswapd_step, f"kswapd{nid}"
+            max(kernel_thread_ran(mm, node.hosts, cost, device_ns), 1_000),
+            kswapd_step,
+            f"kswapd{nid}",
         )
 
     mm.sched.after(0, kswapd_step, f"kswapd{nid}")

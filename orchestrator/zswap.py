@@ -45,7 +45,7 @@ from .memcontrol import charge, uncharge
 from .migrate import node_call
 from .page_alloc import MAX_RECLAIM_RETRIES
 from .shrinker import do_shrink_slab
-from .vmscan import DEF_PRIORITY, reclaim_priority
+from .vmscan import DEF_PRIORITY, kernel_thread_ran, reclaim_priority
 from .zsmalloc import ZsPool
 
 if TYPE_CHECKING:
@@ -132,8 +132,12 @@ def _pool_add(mm: Mm, zswap: Zswap, page: int, nbytes: int, *, force: bool = Fal
 
     zswap_compress() asks for the zspage on the node of the page it stores
     (zs_malloc(..., page_to_nid(page))), GFP_NOWAIT: the first node of that
-    node's zonelist above its low watermark, else above its min; none, and
-    the store fails (unless `force`)."""
+    node's zonelist above its low watermark, else above its min. A store
+    always runs in reclaim (kswapd, direct or cgroup reclaim), whose task
+    has PF_MEMALLOC, and the gfp mask lacks __GFP_NOMEMALLOC: the slow path
+    then allocates with ALLOC_NO_WATERMARKS, from the first node with a free
+    frame at all. Only with none anywhere does the store fail (unless
+    `force`)."""
     from .page_alloc import frames_ok, take_frames
 
     need = zswap.zspool.pages_needed(nbytes)
@@ -145,9 +149,10 @@ def _pool_add(mm: Mm, zswap: Zswap, page: int, nbytes: int, *, force: bool = Fal
     order = (
         [nid, *(n for n in host.zonelist if n != nid)] if nid in host.zonelist else host.zonelist
     )
-    target = next((n for n in order if frames_ok(mm, n, "low", need)), None)
-    if target is None:
-        target = next((n for n in order if frames_ok(mm, n, "min", need)), None)
+    target = next(
+        (n for which in ("low", "min", "none") for n in order if frames_ok(mm, n, which, need)),
+        None,
+    )
     if target is None:
         if not force:
             return False
@@ -485,7 +490,12 @@ def start_shrink_worker(mm: Mm, zswap: Zswap) -> None:
             return
         idx = memcgs[zswap.next_memcg % len(memcgs)]
         zswap.next_memcg += 1
+        written_before = mm.swap_write_ns
         status, _, cost = await shrink_memcg_walk(mm, zswap, idx, SHRINK_MEMCG_WALK_WORKER)
+        # The worker starts each write and goes on (__swap_writepage() does
+        # not wait for it): only its CPU work takes time, shared with the
+        # host's processes.
+        cost = kernel_thread_ran(mm, [zswap.host], cost - (mm.swap_write_ns - written_before))
         if status == SHRINK_AGAIN:
             failures += 1
             if failures >= MAX_RECLAIM_RETRIES:

@@ -22,8 +22,9 @@ from tiersim.orchestrator.mmzone import (
     setup_per_zone_lowmem_reserve,
     setup_per_zone_wmarks,
 )
-from tiersim.orchestrator.page_alloc import _rmqueue_fallback
+from tiersim.orchestrator.page_alloc import _rmqueue_fallback, frames_ok
 from tiersim.orchestrator.scenario import loads_scenario
+from tiersim.orchestrator.vmscan import kernel_thread_ran
 
 
 def _guest_node0() -> list:
@@ -229,6 +230,31 @@ def test_a_process_pays_for_kernel_time_only_after_it_started() -> None:
     host.kernel_cpu_ns += 1_000
     _pay_kernel_cpu(mm, proc)
     assert proc.clock_ns == 1_000
+
+
+def test_a_kernel_thread_pays_cpu_for_its_cpu_work_and_waits_out_the_device() -> None:
+    host = SimpleNamespace(kernel_cpu_scale=10.0, cpus=1, kernel_cpu_ns=0)
+    proc = SimpleNamespace(host=0, started=True, done=False)
+    mm = SimpleNamespace(hosts=[host], procs=[proc])
+    # 1 us of CPU work (10 us on this slower host) shared with the busy CPU's
+    # process, then the 5 us swap write, which is neither scaled nor shared.
+    assert kernel_thread_ran(mm, [0], 6_000, device_ns=5_000) == 10_000 * 2 + 5_000
+    assert host.kernel_cpu_ns == 10_000
+    host.cpus = 2  # a CPU to spare: the thread runs there, the process loses nothing
+    assert kernel_thread_ran(mm, [0], 6_000, device_ns=5_000) == 10_000 + 5_000
+    assert host.kernel_cpu_ns == 10_000
+
+
+def test_reclaim_allocations_may_take_frames_below_the_min_watermark() -> None:
+    node = SimpleNamespace(
+        lost=False, simple=True, free_pages=10, wmark=SimpleNamespace(min=20, low=25)
+    )
+    mm = SimpleNamespace(nodes=[node])
+    assert not frames_ok(mm, 0, "min", 1) and not frames_ok(mm, 0, "low", 1)
+    # ALLOC_NO_WATERMARKS (PF_MEMALLOC): any free frame will do, none is none.
+    assert frames_ok(mm, 0, "none", 10) and not frames_ok(mm, 0, "none", 11)
+    node.lost = True
+    assert not frames_ok(mm, 0, "none", 1)
 
 
 def test_kernel_cpu_scale_below_one_is_refused() -> None:
