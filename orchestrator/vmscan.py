@@ -23,8 +23,10 @@ does: each scans lru >> priority pages of every node's lruvec, scaled by
 get_scan_count()'s anon share (cgroup reclaim balances anon against file
 by their recent reclaim cost, lru_note_cost()), then runs the cgroup's
 zswap shrinker at that priority; the walk ends after the priority that
-reached the target. kswapd and direct reclaim take SWAP_CLUSTER_MAX
-batches off each cgroup's lists until the target is met.
+reached the target. Direct reclaim walks them the same way over every node
+of the zonelist (do_try_to_free_pages(), shrink_node()), and kswapd over
+its node (balance_pgdat()); both scan anon pages only, unscaled, as the
+kernel does when there are no file pages to balance against.
 """
 
 from __future__ import annotations
@@ -47,20 +49,6 @@ MAX_SWAPPINESS = 200
 KSWAPD_MAX_FAILURES = 16  # MAX_RECLAIM_RETRIES: kswapd gives up after this many idle runs
 SWAP_CLUSTER_MAX_SKIPPED = SWAP_CLUSTER_MAX << 10  # higher-zone pages passed over per isolation
 KSWAPD_NAP_NS = 100_000_000  # kswapd_try_to_sleep(): HZ/10 before sleeping for good
-
-
-def reclaim_priority(scanned: int, lru_pages: int, reclaimed: int) -> int:
-    """The priority do_try_to_free_pages() would have reached to scan `scanned`
-    pages of an LRU of `lru_pages` (lru >> priority at each step); 0 when the
-    LRU gave nothing back."""
-    if reclaimed == 0 or lru_pages <= 0:
-        return 0
-    total = 0
-    for priority in range(DEF_PRIORITY, -1, -1):
-        total += lru_pages >> priority
-        if total >= scanned:
-            return priority
-    return 0
 
 
 def inactive_is_low(mm: Mm, inactive: int, active: int) -> bool:
@@ -109,44 +97,6 @@ def can_demote(mm: Mm, nid: int, host: Host) -> bool:
         return False
     targets = host.tiers.targets.get(nid)
     return bool(targets and targets.allowed)
-
-
-async def shrink_lruvec(
-    mm: Mm,
-    nid: int,
-    memcg: Memcg,
-    nr_to_reclaim: int,
-    *,
-    kswapd: bool,
-    memcg_reclaim: bool = False,
-) -> tuple[int, int]:
-    """Reclaim up to nr_to_reclaim pages of one memcg from one node: (reclaimed, ns)."""
-    inactive, active = mm.lru_lists(nid, memcg.index)
-    host = mm.hosts[memcg.host]
-    reclaimed = 0
-    cost = 0
-    scanned_total = 0
-    # Bound the work of one call: scan at most twice the lists' size.
-    budget = 2 * (mm.lru.count[inactive] + mm.lru.count[active]) + SWAP_CLUSTER_MAX
-    while reclaimed < nr_to_reclaim and scanned_total < budget:
-        if inactive_is_low(mm, inactive, active) or mm.lru.count[inactive] == 0:
-            shrink_active_list(mm, host, inactive, active, SWAP_CLUSTER_MAX)
-        scanned, got, c, _ = await shrink_inactive_list(
-            mm,
-            nid,
-            host,
-            inactive,
-            active,
-            SWAP_CLUSTER_MAX,
-            kswapd=kswapd,
-            memcg_reclaim=memcg_reclaim,
-        )
-        if not scanned:
-            break
-        scanned_total += scanned
-        reclaimed += got
-        cost += c
-    return reclaimed, cost
 
 
 async def shrink_inactive_list(
@@ -238,59 +188,25 @@ async def shrink_folio_list(
     return reclaimed, cost, nr_pageout
 
 
-async def shrink_node(mm: Mm, nid: int, nr_to_reclaim: int, *, kswapd: bool) -> tuple[int, int]:
-    """Reclaim from every memcg with pages on the node, in turn.
-
-    As shrink_node_memcgs() does, each cgroup's LRU pass is followed by its
-    share of the memcg-aware shrinkers (shrink_slab()): zswap's, at the
-    priority the pass reached, with the cgroup's deferred work. The root
-    cgroup's turn runs the shrinkers that are not memcg-aware: zsmalloc's,
-    which compacts the zswap pool of each host on the node.
-    """
-    from .zswap import zs_shrink_slab, zswap_shrinker_memcg
-
-    reclaimed = 0
-    cost = 0
-    node = mm.nodes[nid]
-    memcgs = sorted(node.lru)
-    key = "pgscan_kswapd" if kswapd else "pgscan_direct"
-    share = max(SWAP_CLUSTER_MAX, nr_to_reclaim // max(len(memcgs), 1))
-    node_scanned = node_lru_pages = 0
-    for idx in memcgs:
-        if reclaimed >= nr_to_reclaim:
-            break
-        memcg = mm.memcgs[idx]
-        host = mm.hosts[memcg.host]
-        inactive, active = node.lru[idx]
-        lru_pages = mm.lru.count[inactive] + mm.lru.count[active]
-        before = host.vmstat[key]
-        got, c = await shrink_lruvec(mm, nid, memcg, share, kswapd=kswapd)
-        reclaimed += got
-        cost += c
-        scanned = host.vmstat[key] - before
-        node_scanned += scanned
-        node_lru_pages += lru_pages
-        if scanned:
-            cost += await zswap_shrinker_memcg(mm, memcg, scanned, lru_pages, got)
-    # The root cgroup's turn, at every priority the pass went through (all of
-    # them when the LRUs gave nothing back).
-    lowest = reclaim_priority(node_scanned, node_lru_pages, reclaimed)
-    for hid in node.hosts:
-        zswap = mm.hosts[hid].zswap
-        if zswap is not None and zswap.zspool.pages_allocated:
-            for priority in range(DEF_PRIORITY, lowest - 1, -1):
-                cost += await zs_shrink_slab(mm, zswap, priority)
-    return reclaimed, cost
-
-
 async def try_to_free_pages(mm: Mm, host: Host) -> tuple[int, int]:
-    """Direct reclaim along the host's zonelist."""
+    """Direct reclaim for an allocation on `host`: do_try_to_free_pages().
+
+    From DEF_PRIORITY down, shrink_zones() reclaims every node of the host's
+    zonelist in turn at that priority (shrink_node()), and the walk ends
+    after the priority that brought SWAP_CLUSTER_MAX pages back. So a lower
+    tier reclaimed at one priority gives the next priority's demotions from
+    the top tier room (alloc_demote_folio() takes no reserves).
+    Returns (reclaimed, ns).
+    """
     reclaimed = 0
     cost = 0
-    for nid in host.zonelist:
-        got, c = await shrink_node(mm, nid, SWAP_CLUSTER_MAX, kswapd=False)
-        reclaimed += got
-        cost += c
+    for priority in range(DEF_PRIORITY, -1, -1):
+        for nid in host.zonelist:
+            if mm.nodes[nid].lost or not mm.nodes[nid].lru:
+                continue
+            got, _, c = await shrink_node(mm, nid, priority, None, SWAP_CLUSTER_MAX, kswapd=False)
+            reclaimed += got
+            cost += c
         if reclaimed >= SWAP_CLUSTER_MAX:
             break
     return reclaimed, cost
@@ -376,14 +292,16 @@ async def shrink_lruvec_memcg(
     nr_to_reclaim: int,
     *,
     kswapd: bool = False,
+    cgroup_reclaim: bool | None = None,
     reclaim_idx: int | None = None,
 ) -> tuple[int, int]:
     """shrink_lruvec() of one cgroup on one node at one priority: (reclaimed, ns).
 
     Scan targets are each list's size >> priority (pages of zones up to
-    reclaim_idx only). In cgroup reclaim they are scaled by the anon share
-    (anon_scan_fraction(); the whole list at priority 0); kswapd, with no
-    file pages to scan, takes anon pages only (SCAN_ANON: file_is_tiny).
+    reclaim_idx only). In cgroup reclaim (by default, unless `kswapd`) they
+    are scaled by the anon share (anon_scan_fraction(); the whole list at
+    priority 0); node reclaim, kswapd's or direct, with no file pages to
+    scan, takes anon pages only (SCAN_ANON: file_is_tiny).
     The inactive list is scanned in chunks of SWAP_CLUSTER_MAX, the active
     list deactivated alongside when the inactive one is low; the pass stops
     once it alone has reclaimed nr_to_reclaim (so a call reclaims whole
@@ -396,12 +314,14 @@ async def shrink_lruvec_memcg(
         lru_size(mm, inactive, reclaim_idx) >> priority,
         lru_size(mm, active, reclaim_idx) >> priority,
     ]
-    # kswapd keeps the whole targets (SCAN_ANON); cgroup reclaim scales them.
-    if not kswapd and mm.tunables.swappiness == 0:
+    # Node reclaim keeps the whole targets (SCAN_ANON); cgroup reclaim scales them.
+    if cgroup_reclaim is None:
+        cgroup_reclaim = not kswapd
+    if cgroup_reclaim and mm.tunables.swappiness == 0:
         # Cgroup reclaim with swappiness 0 scans file pages only (SCAN_FILE),
         # at every priority: a cgroup of anon pages cannot reclaim.
         targets = [0, 0]
-    elif not kswapd and priority:
+    elif cgroup_reclaim and priority:
         num, den = anon_scan_fraction(mm, memcg, nid)
         targets = [t * num // den for t in targets]
     # At priority 0 both kinds are scanned whole (SCAN_EQUAL).
@@ -418,7 +338,7 @@ async def shrink_lruvec_memcg(
             active,
             chunk,
             kswapd=kswapd,
-            memcg_reclaim=not kswapd,
+            memcg_reclaim=cgroup_reclaim,
             reclaim_idx=reclaim_idx,
         )
         if scanned:
@@ -538,10 +458,16 @@ def kswapd_target(mm: Mm, nid: int, reclaim_idx: int | None) -> int:
     )
 
 
-async def kswapd_shrink_node(
-    mm: Mm, nid: int, priority: int, reclaim_idx: int | None, nr_to_reclaim: int
+async def shrink_node(
+    mm: Mm,
+    nid: int,
+    priority: int,
+    reclaim_idx: int | None,
+    nr_to_reclaim: int,
+    *,
+    kswapd: bool,
 ) -> tuple[int, int, int]:
-    """kswapd_shrink_node(): one pass over every cgroup's lruvec on the node at
+    """shrink_node(): one pass over every cgroup's lruvec on the node at
     `priority`, aiming at nr_to_reclaim pages: (reclaimed, scanned, ns).
 
     Each cgroup's pass is followed by its zswap shrinker at that priority,
@@ -553,12 +479,20 @@ async def kswapd_shrink_node(
     for idx in sorted(node.lru):
         memcg = mm.memcgs[idx]
         vm = mm.hosts[memcg.host].vmstat
-        before = vm["pgscan_kswapd"]
+        key = "pgscan_kswapd" if kswapd else "pgscan_direct"
+        before = vm[key]
         got, c = await shrink_lruvec_memcg(
-            mm, nid, memcg, priority, nr_to_reclaim, kswapd=True, reclaim_idx=reclaim_idx
+            mm,
+            nid,
+            memcg,
+            priority,
+            nr_to_reclaim,
+            kswapd=kswapd,
+            cgroup_reclaim=False,
+            reclaim_idx=reclaim_idx,
         )
         reclaimed += got
-        scanned += vm["pgscan_kswapd"] - before
+        scanned += vm[key] - before
         cost += c
         cost += await zswap_shrink_slab(mm, memcg, priority)
     for hid in node.hosts:
@@ -634,8 +568,8 @@ def balance_pgdat(mm: Mm, nid: int, highest_zoneidx: int) -> None:
             return
         nr_to_reclaim = kswapd_target(mm, nid, reclaim_idx)
         written_before = mm.swap_write_ns
-        reclaimed, scanned, cost = await kswapd_shrink_node(
-            mm, nid, priority, reclaim_idx, nr_to_reclaim
+        reclaimed, scanned, cost = await shrink_node(
+            mm, nid, priority, reclaim_idx, nr_to_reclaim, kswapd=True
         )
         device_ns = mm.swap_write_ns - written_before
         run_reclaimed += reclaimed

@@ -45,7 +45,7 @@ from .memcontrol import charge, uncharge
 from .migrate import node_call
 from .page_alloc import MAX_RECLAIM_RETRIES
 from .shrinker import do_shrink_slab
-from .vmscan import DEF_PRIORITY, kernel_thread_ran, reclaim_priority
+from .vmscan import kernel_thread_ran
 from .zsmalloc import ZsPool
 
 if TYPE_CHECKING:
@@ -577,20 +577,6 @@ async def zs_shrink_slab(mm: Mm, zswap: Zswap, priority: int) -> int:
     return cost
 
 
-async def zswap_shrinker_memcg(
-    mm: Mm, memcg: Memcg, scanned: int, lru_pages: int, reclaimed: int
-) -> int:
-    """The zswap shrinker's share of one cgroup in kswapd's and direct
-    reclaim's walk of the cgroups (shrink_node_memcgs()): zswap_shrink_slab()
-    at each priority from DEF_PRIORITY down to the one the pass's scan
-    reached. Returns ns."""
-    cost = 0
-    lowest = reclaim_priority(scanned, lru_pages, reclaimed)
-    for priority in range(DEF_PRIORITY, lowest - 1, -1):
-        cost += await zswap_shrink_slab(mm, memcg, priority)
-    return cost
-
-
 __all__ = [
     "Zswap",
     "ZswapStats",
@@ -598,6 +584,5 @@ __all__ = [
     "zswap_invalidate",
     "zswap_load",
     "zswap_shrink_slab",
-    "zswap_shrinker_memcg",
     "zswap_store",
 ]

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,6 +46,22 @@ sys.stdin.read()
 """
 
 
+def _wait_until_blocked(pid: int, timeout_s: float = 10.0) -> None:
+    """Wait until the child sleeps in its read of stdin.
+
+    It prints its address before it gets there, and the interpreter's work
+    in between (allocations, reference counts) still writes its heap: a
+    capture taken meanwhile would differ from a later read of the same page.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat[stat.rindex(")") + 2] == "S":
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"child {pid} never blocked on stdin")
+
+
 @pytest.fixture
 def child() -> Iterator[tuple[int, int]]:
     """A process holding four known regions; yields (pid, region base address)."""
@@ -53,6 +70,7 @@ def child() -> Iterator[tuple[int, int]]:
     )
     assert proc.stdout is not None
     base = int(proc.stdout.readline())
+    _wait_until_blocked(proc.pid)
     try:
         yield proc.pid, base
     finally:

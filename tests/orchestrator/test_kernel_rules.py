@@ -500,17 +500,6 @@ def test_zswap_shrinker_writes_back_under_reclaim(simulate: Any) -> None:
     assert zs(on, "written_back_pages") == vm(on, "zswpwb")
 
 
-def test_reclaim_priority_follows_the_scan() -> None:
-    from tiersim.orchestrator.zswap import reclaim_priority
-
-    # lru >> 12, >> 11, ... add up until they cover what was scanned.
-    assert reclaim_priority(scanned=1, lru_pages=8192, reclaimed=1) == 12
-    assert reclaim_priority(scanned=2 + 4 + 8, lru_pages=8192, reclaimed=1) == 10
-    assert reclaim_priority(scanned=10**6, lru_pages=8192, reclaimed=1) == 0
-    # Nothing reclaimed: reclaim went all the way down.
-    assert reclaim_priority(scanned=50, lru_pages=8192, reclaimed=0) == 0
-
-
 def test_zswap_shrinker_runs_in_the_cgroups_own_reclaim(simulate: Any) -> None:
     """Incompressible pages under memory.max: each zswap entry is charged a whole
     page, so reclaim into zswap frees nothing; the shrinker writing entries back
