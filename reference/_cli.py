@@ -9,7 +9,8 @@ Subcommands:
 * ``list`` shows the library of reference workloads and their recordings;
 * ``table`` prints the fidelity table of every recorded workload (Markdown);
 * ``trace FILE [--runs-of FUNCTION]`` summarises a kernel trace kept by
-  ``run --keep DIR --trace/--ftrace``: calls per task and function, and what
+  ``run --keep DIR --trace/--ftrace``: calls per task and function, the
+  guest time and pages reclaimed between begin/end tracepoint pairs, and what
   each call of a driving function (``shrink_worker``) did and how long it took.
 
 WORKLOAD is a file or the name of a library workload (``zswap-text``).
@@ -231,7 +232,7 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    from .kernel_trace import format_counts, format_runs, load
+    from .kernel_trace import format_counts, format_runs, format_spans, load
 
     if args.each and not args.runs_of:
         raise ConfigError("--each lists the calls of a --runs-of FUNCTION; give one", key="--each")
@@ -239,6 +240,10 @@ def cmd_trace(args: argparse.Namespace) -> int:
     for note in trace.notes():
         print(f"tiersim: note: {args.file}: {note}", file=sys.stderr)
     print(format_counts(trace.lines))
+    spans = format_spans(trace.lines)
+    if spans is not None:
+        print()
+        print(spans)
     for function in args.runs_of:
         print()
         print(format_runs(trace.lines, function, each=args.each))

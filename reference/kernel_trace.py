@@ -6,8 +6,10 @@ call (``task-pid [cpu] flags time: function <-caller``) or tracepoint
 tiersim and the kernel usually needs from it is not the lines but their
 shape: how often each task called each function, and, for a function that
 drives others (``shrink_worker`` walking entries with ``shrink_memcg_cb``),
-what each of its runs did and how long it took in guest time. Times are
-seconds from the trace's first line.
+what each of its runs did and how long it took in guest time, and for
+begin/end tracepoint pairs (``vmscan:mm_vmscan_memcg_reclaim_begin`` and
+``_end``), the guest time between them and the pages reclaimed in it. Times
+are seconds from the trace's first line.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class TraceLine:
     pid: int
     time: float  # seconds, as the guest's trace clock gives them
     name: str  # the function called or the tracepoint hit
+    fields: str = ""  # a tracepoint's fields ("nr_reclaimed=49 pid=165 ...")
 
 
 _HEADER = re.compile(r"entries-in-buffer/entries-written:\s*(\d+)/(\d+)")
@@ -69,8 +72,13 @@ def _line(line: str) -> TraceLine | None:
     name = words[0].rstrip(":") if words else ""
     if not name:
         return None
+    event = words[0].endswith(":")
     return TraceLine(
-        sys.intern(m.group("task")), int(m.group("pid")), float(m.group("ts")), sys.intern(name)
+        sys.intern(m.group("task")),
+        int(m.group("pid")),
+        float(m.group("ts")),
+        sys.intern(name),
+        words[1] if event and len(words) > 1 else "",
     )
 
 
@@ -169,6 +177,71 @@ def runs_of(lines: list[TraceLine], function: str) -> list[Run]:
     return out
 
 
+@dataclass
+class Span:
+    """A task's ``X_begin``/``X_end`` tracepoint pairs (``mm_vmscan_memcg_reclaim``):
+    how many, the guest time between each begin and its end, and the pages
+    the ends report reclaimed."""
+
+    task: str
+    event: str  # the pair's common name, without _begin/_end
+    calls: int = 0
+    seconds: float = 0.0
+    reclaimed: int = 0
+
+    @property
+    def us_per_page(self) -> float | None:
+        return self.seconds * 1e6 / self.reclaimed if self.reclaimed else None
+
+
+_RECLAIMED = re.compile(r"\bnr_reclaimed=(\d+)")
+
+
+def spans(lines: list[TraceLine]) -> list[Span]:
+    """Every begin/end tracepoint pair, matched within a pid, summed per task
+    and event (vmscan's direct, memcg and node reclaim spans, for instance):
+    the guest's time spent in reclaim and what it reclaimed for it."""
+    opened: dict[tuple[int, str], float] = {}
+    out: dict[tuple[str, str], Span] = {}
+    for ln in lines:
+        if ln.name.endswith("_begin"):
+            opened[(ln.pid, ln.name[: -len("_begin")])] = ln.time
+        elif ln.name.endswith("_end"):
+            event = ln.name[: -len("_end")]
+            start = opened.pop((ln.pid, event), None)
+            if start is None:
+                continue
+            sp = out.get((ln.task, event))
+            if sp is None:
+                sp = out[(ln.task, event)] = Span(ln.task, event)
+            sp.calls += 1
+            sp.seconds += ln.time - start
+            m = _RECLAIMED.search(ln.fields)
+            if m:
+                sp.reclaimed += int(m.group(1))
+    return sorted(out.values(), key=lambda sp: (-sp.seconds, sp.task, sp.event))
+
+
+def format_spans(lines: list[TraceLine]) -> str | None:
+    """The spans of begin/end pairs, or None when the trace has none."""
+    found = spans(lines)
+    if not found:
+        return None
+    width = max(len(f"{sp.task} {sp.event}") for sp in found) + 2
+    out = [
+        f"{'task span':<{width}}{'calls':>9}{'guest s':>10}{'ms/call':>10}"
+        f"{'reclaimed':>11}{'us/page':>10}"
+    ]
+    for sp in found:
+        per_page = sp.us_per_page
+        out.append(
+            f"{f'{sp.task} {sp.event}':<{width}}{sp.calls:>9,}{sp.seconds:>10.3f}"
+            f"{sp.seconds * 1000 / sp.calls:>10.2f}{sp.reclaimed:>11,}"
+            f"{'-' if per_page is None else f'{per_page:.1f}':>10}"
+        )
+    return "\n".join(out)
+
+
 def _spread(values: list[float], fmt: str) -> str:
     if not values:
         return "-"
@@ -221,13 +294,16 @@ def format_runs(lines: list[TraceLine], function: str, *, each: bool) -> str:
 
 __all__ = [
     "Run",
+    "Span",
     "Trace",
     "TraceLine",
     "counts",
     "format_counts",
     "format_runs",
+    "format_spans",
     "load",
     "parse",
     "read",
     "runs_of",
+    "spans",
 ]

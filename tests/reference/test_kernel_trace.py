@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tiersim.cli import main
-from tiersim.reference.kernel_trace import counts, parse, read, runs_of
+from tiersim.reference.kernel_trace import counts, parse, read, runs_of, spans
 
 # The shape of /sys/kernel/tracing/trace: function calls and a tracepoint, two tasks.
 TRACE = """\
@@ -102,3 +102,39 @@ def test_each_needs_a_function(tmp_path: Path, capsys: pytest.CaptureFixture[str
     path.write_text(TRACE)
     assert main(["reference", "trace", str(path), "--each"]) == 2
     assert "--each" in capsys.readouterr().err
+
+
+SPANS = """\
+    workload-170  [000] .....  1.000000: mm_vmscan_memcg_reclaim_begin: order=0 memcg_id=28
+    kworker/u4:0-33  [000] .....  1.001000: mm_vmscan_memcg_reclaim_begin: order=0 memcg_id=28
+    workload-170  [000] .....  1.004000: mm_vmscan_memcg_reclaim_end: nr_reclaimed=40 pid=170
+    kworker/u4:0-33  [000] .....  1.011000: mm_vmscan_memcg_reclaim_end: nr_reclaimed=50 pid=33
+    workload-170  [000] .....  2.000000: mm_vmscan_memcg_reclaim_begin: order=0 memcg_id=28
+    workload-170  [000] .....  2.002000: mm_vmscan_memcg_reclaim_end: nr_reclaimed=10 pid=170
+    workload-170  [000] .....  3.000000: mm_vmscan_direct_reclaim_end: nr_reclaimed=99
+"""
+
+
+def test_begin_end_pairs_sum_guest_time_and_pages_per_task() -> None:
+    found = {(sp.task, sp.event): sp for sp in spans(parse(SPANS))}
+    # An end without its begin (the trace started inside the span) is left out.
+    assert set(found) == {
+        ("workload", "mm_vmscan_memcg_reclaim"),
+        ("kworker/u4:0", "mm_vmscan_memcg_reclaim"),
+    }
+    mine = found[("workload", "mm_vmscan_memcg_reclaim")]
+    # The worker's span overlaps the workload's: pairs are matched within a pid.
+    assert (mine.calls, mine.reclaimed) == (2, 50)
+    assert mine.seconds == pytest.approx(0.006)
+    assert mine.us_per_page == pytest.approx(120.0)
+    worker = found[("kworker/u4:0", "mm_vmscan_memcg_reclaim")]
+    assert worker.seconds == pytest.approx(0.010) and worker.reclaimed == 50
+
+
+def test_cli_prints_reclaim_spans(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "trace-0.txt"
+    path.write_text(SPANS)
+    assert main(["reference", "trace", str(path)]) == 0
+    out = capsys.readouterr().out
+    row = next(ln for ln in out.splitlines() if ln.startswith("workload mm_vmscan_memcg_reclaim "))
+    assert row.split()[2:] == ["2", "0.006", "3.00", "50", "120.0"]
