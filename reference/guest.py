@@ -33,6 +33,13 @@ TAIL = "==="
 CGROUP = "/sys/fs/cgroup/ref"
 ZSWAP_PARAMS = "/sys/module/zswap/parameters"
 LRU_GEN = "/sys/kernel/mm/lru_gen/enabled"
+# Each kswapd thread's CPU time so far, ns (the first field of schedstat:
+# its sum_exec_runtime), as "kswapd0 123" lines.
+KTHREADS = (
+    "for p in /proc/[0-9]*; do read -r c < $p/comm 2>/dev/null || continue; "
+    'case "$c" in kswapd*) read -r ns _ < $p/schedstat 2>/dev/null && echo "$c $ns";; esac; '
+    "done"
+)
 
 
 def _yn(flag: bool) -> str:
@@ -190,6 +197,7 @@ def init_script(
         "cat /proc/pagetypeinfo 2>/dev/null | sec pagetypeinfo-start",
         "cat /proc/zoneinfo | sec zoneinfo-start",
         "kv /sys/kernel/debug/zswap/* | sec zswap-start",
+        f"{KTHREADS} | sec kthreads-start",
         *(trace.start_lines() if trace else []),
         "mkfifo /run/ctl",
         f"sh -c 'echo $$ > {CGROUP}/cgroup.procs && "
@@ -198,6 +206,7 @@ def init_script(
         # Should the workload die before it opens the pipe, this wakes the reader.
         "( while kill -0 $WL 2>/dev/null; do sleep 1; done; echo exited > /run/ctl ) &",
         "read done < /run/ctl",
+        f"{KTHREADS} | sec kthreads-end",
         "cat /proc/vmstat | sec vmstat-end",
         "cat /proc/pagetypeinfo 2>/dev/null | sec pagetypeinfo-end",
         "cat /proc/zoneinfo | sec zoneinfo-end",
@@ -373,11 +382,12 @@ def parse_kv(lines: Sequence[str]) -> dict[str, int]:
     return out
 
 
-def parse_progress(lines: Sequence[str]) -> list[int]:
-    """The workload's clock readings (``progress_ns a,b,c``), ns since its start."""
+def parse_progress(lines: Sequence[str], name: str = "progress_ns") -> list[int]:
+    """The workload's clock readings (``progress_ns a,b,c``), ns since its start;
+    ``progress_cpu_ns`` for its CPU time at the same points."""
     for line in lines:
         key, _, value = line.partition(" ")
-        if key == "progress_ns" and value.strip():
+        if key == name and value.strip():
             try:
                 return [int(v) for v in value.strip().split(",")]
             except ValueError:
@@ -427,10 +437,15 @@ def parse_report(text: str, console: str = "") -> dict[str, object]:
             "the workload failed: " + " / ".join(sec.get("workload", [])[-3:] or ["no output"])
         )
     progress = parse_progress(sec.get("workload", []))
+    progress_cpu = parse_progress(sec.get("workload", []), "progress_cpu_ns")
     if not completed:
         # Killed by the kernel (the OOM killer): counters stand, timing does not.
         workload.pop("elapsed_ns", None)
-        progress = []
+        workload.pop("cpu_ns", None)
+        progress = progress_cpu = []
+    kt_start = parse_kv(sec.get("kthreads-start", []))
+    kt_end = parse_kv(sec.get("kthreads-end", []))
+    kthreads = {k: v - kt_start[k] for k, v in kt_end.items() if k in kt_start}
     swap = parse_kv(sec.get("meminfo-swap", []))
     return {
         "kernel": (sec.get("kernel") or ["?"])[0],
@@ -454,5 +469,7 @@ def parse_report(text: str, console: str = "") -> dict[str, object]:
         "mm": parse_kv_text(sec.get("mm", [])),
         "workload": workload,
         "progress_ns": progress,
+        "progress_cpu_ns": progress_cpu,
+        "kthreads": kthreads,
         "dmesg": sec.get("dmesg", []),
     }

@@ -19,15 +19,20 @@ The data document (``reference/data/<name>.json``)::
       "runs": 3,
       "plan": {"npages": ..., "accesses": ..., "stores": ...},
       "guest": {"meminfo": {...ranges...}, "tiers": {...}, "elapsed_ns": {...},
-                "progress_ns": {"every": 4096, "values": [[0, ...], ...]}},
+                "progress_ns": {"every": 4096, "values": [[0, ...], ...]},
+                "progress_cpu_ns": [[0, ...], ...]},
       "counters": {"vmstat.zswpout": {"min": .., "max": .., "values": [..]}, ...}
     }
 
 Counter names are ``<source>.<name>``: ``vmstat`` (increase over the
 workload), ``zswap`` (debugfs at the end), ``memory.stat``, ``cgroup``,
-``memory.events``, ``workload``. ``guest.progress_ns`` holds each completed
-run's clock readings, one every ``every`` accesses, for pacing tiersim by
-where the guest's time went.
+``memory.events``, ``workload`` (``workload.cpu_ns``: the program's own CPU
+time, against ``workload.elapsed_ns`` on the wall clock), ``kthreads`` (each
+kswapd thread's CPU time over the workload, ns). ``guest.progress_ns`` holds
+each completed run's clock readings, one every ``every`` accesses, for
+pacing tiersim by where the guest's time went; ``guest.progress_cpu_ns`` the
+program's CPU time at the same readings (runs recorded before it was kept
+have none).
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ from .tools import Tools, build_workload, ensure_tools
 
 SCHEMA = "tiersim-reference-data/1"
 # Sources flattened into "counters".
-SOURCES = ("vmstat", "zswap", "memory.stat", "cgroup", "memory.events", "workload")
+SOURCES = ("vmstat", "zswap", "memory.stat", "cgroup", "memory.events", "workload", "kthreads")
 # Kept even when zero in every run: the counters the fidelity check compares.
 ALWAYS_KEEP = frozenset(
     {
@@ -248,6 +253,13 @@ def aggregate(
                     if rep["workload"].get("completed") and rep.get("progress_ns")
                 ],
             },
+            # The workload's own CPU time at the same readings, per completed
+            # run that reported it (recordings before it have none).
+            "progress_cpu_ns": [
+                list(rep.get("progress_cpu_ns", []))
+                for rep in reports
+                if rep["workload"].get("completed") and rep.get("progress_cpu_ns")
+            ],
         },
         "counters": counters,
     }
@@ -322,7 +334,9 @@ def merge(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
     Both must record the same workload file on the same kernel release. A
     counter a recording lacks was zero in all of its runs (see aggregate()).
     Per-run data the older one did not record (the zones) is left empty for
-    its runs.
+    its runs; CPU times (``workload.cpu_ns``, ``kthreads.*``) that only one of
+    them measured are dropped, and ``guest.progress_cpu_ns`` keeps the runs
+    that have it.
     """
     for key in ("schema", "workload", "workload_sha256"):
         if old.get(key) != new.get(key):
@@ -351,9 +365,18 @@ def merge(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
             out[k] = _range(va + vb)
         return out
 
+    def cpu_times(counters: Mapping[str, Any]) -> set[str]:
+        return {k for k in counters if k == "workload.cpu_ns" or k.startswith("kthreads.")}
+
+    old_counters, new_counters = dict(old["counters"]), dict(new["counters"])
+    if bool(cpu_times(old_counters)) != bool(cpu_times(new_counters)):
+        # CPU times that one recording did not measure are not zero: dropped.
+        for counters in (old_counters, new_counters):
+            for k in cpu_times(counters):
+                del counters[k]
     doc = dict(new)
     doc["runs"] = n_old + n_new
-    doc["counters"] = joined(old["counters"], new["counters"])
+    doc["counters"] = joined(old_counters, new_counters)
     og, ng = old["guest"], new["guest"]
     guest = dict(ng)
     guest["meminfo"] = joined(og.get("meminfo", {}), ng.get("meminfo", {}))
@@ -371,6 +394,9 @@ def merge(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
         "every": np_.get("every") if np_.get("values") else op.get("every", 0),
         "values": list(op.get("values", [])) + list(np_.get("values", [])),
     }
+    guest["progress_cpu_ns"] = list(og.get("progress_cpu_ns", [])) + list(
+        ng.get("progress_cpu_ns", [])
+    )
     guest["zones"] = list(og.get("zones") or [[]] * n_old) + list(ng.get("zones") or [[]] * n_new)
     doc["guest"] = guest
     return doc

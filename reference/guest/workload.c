@@ -27,7 +27,10 @@
  * The clock is read at the start of every PROGRESS_MARKS-th part of the
  * trace (a multiple of TRACE_CHUNK accesses) and the times are reported as
  * progress_ns: under TCG a first-touch store costs far more than a read, and
- * tiersim paces its run by where the guest's time actually went.
+ * tiersim paces its run by where the guest's time actually went. The
+ * program's own CPU time is read at the same points (progress_cpu_ns) and in
+ * all (cpu_ns): the wall clock also counts the time kswapd and other kernel
+ * threads took the one vCPU from it, which tiersim charges itself.
  *
  * When the trace is done the program reports on stdout, writes "done" to
  * file descriptor 3 (the init script waits on it to read the counters while
@@ -51,9 +54,10 @@
 #define STORE_BIT 0x80000000u
 #define TRACE_CHUNK 4096u /* entries, 16 KiB */
 #define STREAM_CHUNK 16u  /* pages, 64 KiB */
-#define PROGRESS_MARKS 500u /* clock readings kept (one page of BSS) */
+#define PROGRESS_MARKS 500u /* clock readings kept (a page of BSS per clock) */
 
 static uint64_t marks[PROGRESS_MARKS];
+static uint64_t cpu_marks[PROGRESS_MARKS];
 
 struct header {
 	char magic[8];
@@ -93,12 +97,23 @@ static void read_at(int fd, void *buf, size_t len, uint64_t off)
 	}
 }
 
-static uint64_t now_ns(void)
+static uint64_t clock_ns(clockid_t clock)
 {
 	struct timespec ts;
 
-	clock_gettime(CLOCK_MONOTONIC, &ts);
+	clock_gettime(clock, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t now_ns(void)
+{
+	return clock_ns(CLOCK_MONOTONIC);
+}
+
+/* The task's runtime (sum_exec_runtime): its own CPU time, faults and direct reclaim included. */
+static uint64_t cpu_now_ns(void)
+{
+	return clock_ns(CLOCK_THREAD_CPUTIME_ID);
 }
 
 int main(int argc, char **argv)
@@ -108,7 +123,7 @@ int main(int argc, char **argv)
 	uint32_t *trace;
 	uint8_t *stream, *mem;
 	uint64_t i, stores = 0, reads = 0, sum = 0, spos = 0, sfill = 0, snext = 0;
-	uint64_t t0, t1, every, nmarks = 0;
+	uint64_t t0, t1, c0, c1, every, nmarks = 0;
 	int fd;
 
 	if (argc < 2) {
@@ -156,11 +171,14 @@ int main(int argc, char **argv)
 	while (h.naccesses / every >= PROGRESS_MARKS)
 		every *= 2;
 	t0 = now_ns();
+	c0 = cpu_now_ns();
 	for (i = 0; i < h.naccesses; i++) {
 		uint32_t e, page;
 
-		if (i % every == 0 && nmarks < PROGRESS_MARKS)
+		if (i % every == 0 && nmarks < PROGRESS_MARKS) {
+			cpu_marks[nmarks] = cpu_now_ns() - c0;
 			marks[nmarks++] = now_ns() - t0;
+		}
 		if (i % TRACE_CHUNK == 0)
 			read_at(fd, trace, TRACE_CHUNK * 4, h.trace_offset + i * 4);
 		e = trace[i % TRACE_CHUNK];
@@ -193,13 +211,18 @@ int main(int argc, char **argv)
 		}
 	}
 	t1 = now_ns();
+	c1 = cpu_now_ns();
 
 	printf("elapsed_ns %" PRIu64 "\naccesses %" PRIu64 "\nstores %" PRIu64 "\nreads %" PRIu64
 	       "\nchecksum %" PRIu64 "\n",
 	       t1 - t0, i, stores, reads, sum);
+	printf("cpu_ns %" PRIu64 "\n", c1 - c0);
 	printf("progress_every %" PRIu64 "\nprogress_ns ", every);
 	for (i = 0; i < nmarks; i++)
 		printf(i ? ",%" PRIu64 : "%" PRIu64, marks[i]);
+	printf("\nprogress_cpu_ns ");
+	for (i = 0; i < nmarks; i++)
+		printf(i ? ",%" PRIu64 : "%" PRIu64, cpu_marks[i]);
 	printf("\n");
 	fflush(stdout);
 	if (write(3, "done\n", 5) < 0)

@@ -121,9 +121,13 @@ GOOD = dict(
         "elapsed_ns 123",
         "accesses 20",
         "stores 10",
+        "cpu_ns 100",
         "progress_every 8",
         "progress_ns 0,40,90",
+        "progress_cpu_ns 0,30,70",
     ],
+    kthreads_start=["kswapd0 1000", "kswapd1 50"],
+    kthreads_end=["kswapd0 4000", "kswapd1 50", "kswapd2 7"],
     meminfo_start=["node0.MemFree 1000", "node0.MemTotal 2000"],
     tiers=["memory_tier4 0", "memory_tier22 1"],
     mm=["lru_gen 0x0000"],
@@ -145,16 +149,21 @@ def test_parse_report() -> None:
         "elapsed_ns": 123,
         "accesses": 20,
         "stores": 10,
+        "cpu_ns": 100,
         "progress_every": 8,
         "completed": 1,
     }
     assert rep["progress_ns"] == [0, 40, 90]
+    # The program's CPU time at the same readings; kswapd's CPU over the
+    # workload (a thread seen only at the end is left out).
+    assert rep["progress_cpu_ns"] == [0, 30, 70]
+    assert rep["kthreads"] == {"kswapd0": 3000, "kswapd1": 0}
 
 
 def test_parse_report_killed_workload() -> None:
     rep = parse_report(_report(**{**GOOD, "workload": ["npages 10"], "outcome": ["completed 0"]}))
     assert rep["workload"] == {"npages": 10, "completed": 0}
-    assert rep["progress_ns"] == []
+    assert rep["progress_ns"] == [] and rep["progress_cpu_ns"] == []
 
 
 def test_parse_report_failures() -> None:
@@ -269,3 +278,24 @@ def test_recording_keeps_clock_readings_when_the_first_run_was_killed() -> None:
 
     doc = aggregate(parse_workload(MINIMAL), [report(0, []), report(1, [0, 40, 70])])
     assert doc["guest"]["progress_ns"] == {"every": 8, "values": [[0, 40, 70]]}
+
+
+def test_recording_keeps_cpu_readings_and_kswapd_time() -> None:
+    from tiersim.reference.record import aggregate
+
+    reps = [
+        {
+            "vmstat": {},
+            "zswap": {},
+            "meminfo": {},
+            "workload": {"completed": 1, "elapsed_ns": 90, "cpu_ns": 60, "progress_every": 8},
+            "progress_ns": [0, 40, 70],
+            "progress_cpu_ns": [0, 20 + i, 50],
+            "kthreads": {"kswapd0": 1000 * (i + 1)},
+        }
+        for i in range(2)
+    ]
+    doc = aggregate(parse_workload(MINIMAL), reps)
+    assert doc["guest"]["progress_cpu_ns"] == [[0, 20, 50], [0, 21, 50]]
+    assert doc["counters"]["kthreads.kswapd0"]["values"] == [1000, 2000]
+    assert doc["counters"]["workload.cpu_ns"]["values"] == [60, 60]
