@@ -221,6 +221,9 @@ class Host:
     # CPU time its kernel threads (kswapd) have used, in all: on a host with
     # no CPU to spare it is taken from the processes (memory.run_step()).
     kernel_cpu_ns: int = 0
+    # CPU time each kernel thread of the host took, ns, by thread name
+    # ("kswapd0", "zswap_shrink"), scaled as kernel_thread_ran() scales it.
+    kthread_cpu_ns: dict[str, int] = field(default_factory=dict)
     # How many times slower than tiersim's CPU costs its kernel threads run.
     kernel_cpu_scale: float = 1.0
 

@@ -465,6 +465,7 @@ class Simulation:
                 },
                 "toptier": [mm.nodes[i].name for i in h.nodes if h.tiers.is_toptier(i)],
                 "dram_used_bytes": dram_used * PAGE_SIZE,
+                "kthreads": {name: h.kthread_cpu_ns[name] for name in sorted(h.kthread_cpu_ns)},
                 "hot_threshold_ms": [
                     {"time_ns": t, "threshold_ms": th} for t, th in h.promo.threshold_history
                 ],

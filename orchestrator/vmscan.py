@@ -385,8 +385,10 @@ def pgdat_balanced(mm: Mm, nid: int, highest_zoneidx: int = -1) -> bool:
     return any(z.free >= z.mark(which) + z.lowmem_reserve[hz] for z in node.zones if z.idx <= hz)
 
 
-def kernel_thread_ran(mm: Mm, hosts: list[int], cost: int, device_ns: int = 0) -> int:
-    """A kernel thread did `cost` ns of work on `hosts`: the wall time it took.
+def kernel_thread_ran(
+    mm: Mm, hosts: list[int], cost: int, device_ns: int = 0, thread: str = ""
+) -> int:
+    """Kernel thread `thread` did `cost` ns of work on `hosts`: the wall time it took.
 
     `device_ns` of the cost is time a device took (swap writes, which the
     thread starts and waits out with its CPU free); the rest is CPU work.
@@ -398,7 +400,7 @@ def kernel_thread_ran(mm: Mm, hosts: list[int], cost: int, device_ns: int = 0) -
     them, as CFS shares it: its CPU work takes (processes + 1) / cpus times
     as long, and the processes lose that CPU time (Host.kernel_cpu_ns,
     charged to them in memory.run_step()). With a CPU to spare it runs there
-    at full speed.
+    at full speed. The CPU time is counted per thread (Host.kthread_cpu_ns).
     """
     device_ns = min(max(device_ns, 0), cost)
     cpu = int((cost - device_ns) * max(mm.hosts[h].kernel_cpu_scale for h in hosts))
@@ -407,6 +409,8 @@ def kernel_thread_ran(mm: Mm, hosts: list[int], cost: int, device_ns: int = 0) -
     wall = cpu
     for h in hosts:
         host = mm.hosts[h]
+        if thread:
+            host.kthread_cpu_ns[thread] = host.kthread_cpu_ns.get(thread, 0) + cpu
         running = running_processes(mm, h)
         if running >= host.cpus:
             host.kernel_cpu_ns += cpu
@@ -588,7 +592,7 @@ def balance_pgdat(mm: Mm, nid: int, highest_zoneidx: int) -> None:
             return
         # Its next pass follows this one's work, which is CPU time of the host.
         mm.sched.after(
-            max(kernel_thread_ran(mm, node.hosts, cost, device_ns), 1_000),
+            max(kernel_thread_ran(mm, node.hosts, cost, device_ns, f"kswapd{nid}"), 1_000),
             kswapd_step,
             f"kswapd{nid}",
         )

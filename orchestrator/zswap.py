@@ -495,7 +495,9 @@ def start_shrink_worker(mm: Mm, zswap: Zswap) -> None:
         # The worker starts each write and goes on (__swap_writepage() does
         # not wait for it): only its CPU work takes time, shared with the
         # host's processes.
-        cost = kernel_thread_ran(mm, [zswap.host], cost - (mm.swap_write_ns - written_before))
+        cost = kernel_thread_ran(
+            mm, [zswap.host], cost - (mm.swap_write_ns - written_before), thread="zswap_shrink"
+        )
         if status == SHRINK_AGAIN:
             failures += 1
             if failures >= MAX_RECLAIM_RETRIES:

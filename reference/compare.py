@@ -61,6 +61,9 @@ INFORMATIVE = (
     "memory.events.oom_kill",
     "cgroup.memory.zswap.current",
     "cgroup.memory.current",
+    # CPU time of each node's kswapd (recordings since they were measured).
+    "kthreads.kswapd0",
+    "kthreads.kswapd1",
 )
 BYTE_COUNTERS = frozenset(
     {"zswap.pool_total_size", "cgroup.memory.zswap.current", "cgroup.memory.current"}
@@ -92,6 +95,9 @@ def tiersim_counters(results: Mapping[str, Any], host: str = HOST_NAME) -> dict[
     for k, v in (cg.get("memory.events") or {}).items():
         if isinstance(v, int | float) and not isinstance(v, bool):
             out[f"memory.events.{k}"] = int(v)
+    for k, v in (h.get("kthreads") or {}).items():
+        if isinstance(v, int):
+            out[f"kthreads.{k}"] = v
     procs = results.get("workloads") or {}
     proc = procs.get(WORKLOAD_NAME)
     if isinstance(proc, Mapping):

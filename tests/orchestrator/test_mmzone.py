@@ -210,6 +210,14 @@ def test_kswapd_shares_a_busy_hosts_cpu_and_sets_the_process_back() -> None:
     # Kernel work that is slower by a factor weighs more on the busy host.
     slow = run_text(ZONED.replace("cpus = 1", "cpus = 1\nkernel_cpu_scale = 50"))[0]
     assert _workload_ns(slow) > _workload_ns(one)
+    # Each node's kswapd reports the CPU time it took, scaled with the host.
+    (host_one,) = one["hosts"].values()
+    (host_slow,) = slow["hosts"].values()
+    per_page = [
+        h["kthreads"]["kswapd0"] / h["vmstat"]["pgscan_kswapd"] for h in (host_one, host_slow)
+    ]
+    assert per_page[0] > 0
+    assert per_page[1] > 10 * per_page[0]
 
 
 def test_a_process_pays_for_kernel_time_only_after_it_started() -> None:
