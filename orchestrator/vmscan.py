@@ -480,10 +480,10 @@ async def shrink_node(
 
     node = mm.nodes[nid]
     reclaimed = scanned = cost = 0
+    key = "pgscan_kswapd" if kswapd else "pgscan_direct"
     for idx in sorted(node.lru):
         memcg = mm.memcgs[idx]
         vm = mm.hosts[memcg.host].vmstat
-        key = "pgscan_kswapd" if kswapd else "pgscan_direct"
         before = vm[key]
         got, c = await shrink_lruvec_memcg(
             mm,
