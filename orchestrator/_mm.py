@@ -133,6 +133,10 @@ class Memcg:
     )
     reclaim_stalls: int = 0
     reclaim_no_progress: int = 0
+    # Swap-cache folios zswap's shrink worker wrote back through, charged to
+    # the cgroup until reclaim drops them: (node, zone) of each frame, oldest
+    # first (zswap._writeback_folio()).
+    writeback_folios: list[tuple[int, int]] = field(default_factory=list)
     stat: dict[str, int] = field(
         default_factory=lambda: {
             "zswpout": 0,
@@ -263,11 +267,6 @@ class Mm:
         # Resident pages read from a swap device that keep their slot (the swap
         # cache): page -> (swap node, slot handle, page version when read).
         self.swapcache: dict[int, tuple[int, int, int]] = {}
-        # Swap-device time of every write so far, ns. Part of the cost a
-        # kernel thread's work returns, but time the device spends, not the
-        # CPU: kernel threads subtract it before taking CPU time
-        # (vmscan.kernel_thread_ran()).
-        self.swap_write_ns = 0
 
     @property
     def finished(self) -> bool:

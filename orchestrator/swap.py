@@ -121,8 +121,7 @@ async def pageout(
                 continue
         to_device.append((page, data))
     if to_device:
-        swapped, refused, c = await swap_write(mm, host, to_device)
-        cost += c
+        swapped, refused = await swap_write(mm, host, to_device)
         for page in swapped:
             if page in orig_handle:
                 src_handles.append(orig_handle[page])
@@ -194,15 +193,18 @@ def _leave_node(mm: Mm, page: int, nid: int) -> None:
 
 async def swap_write(
     mm: Mm, host: Host, items: list[tuple[int, bytes]]
-) -> tuple[list[int], list[int], int]:
-    """Write pages to the host's swap device(s): (swapped, refused, ns).
+) -> tuple[list[int], list[int]]:
+    """Write pages to the host's swap device(s): (swapped, refused).
 
     Swapped pages point at their slot; the caller releases what they left.
+    The writes cost the caller no time: the kernel submits a swap write
+    (__swap_writepage(), a bio to the device) and goes on, whether reclaim
+    or zswap's writeback started it. The device's own time is its model's
+    to account (a busy device serves later reads more slowly).
     """
     pages = mm.pages
     remaining = items
     swapped: list[int] = []
-    cost = 0
     for snid in host.swap_nodes:
         if not remaining:
             break
@@ -217,8 +219,6 @@ async def swap_write(
         if result is None:
             continue
         mm.note_state(snid, result.state)
-        cost += result.cost_ns
-        mm.swap_write_ns += result.cost_ns
         left = []
         for i, (page, data) in enumerate(remaining):
             if result.codes[i] == OK:
@@ -234,7 +234,7 @@ async def swap_write(
             else:
                 left.append((page, data))
         remaining = left
-    return swapped, [p for p, _ in remaining], cost
+    return swapped, [p for p, _ in remaining]
 
 
 async def swap_in(mm: Mm, page: int, host: Host) -> tuple[bool, int]:

@@ -37,7 +37,7 @@ import numpy as np
 
 from tiersim.nodes._types import NodeKind
 
-from ._mm import SWAP_CLUSTER_MAX
+from ._mm import PAGE_SIZE, SWAP_CLUSTER_MAX
 from ._pages import F_ACTIVE, F_REFERENCED, F_YOUNG, PS_CRAM_RO, PS_MAPPED
 from .mmzone import PGSKIP
 
@@ -284,6 +284,35 @@ def lru_size(mm: Mm, lst: int, reclaim_idx: int | None) -> int:
     return int(np.count_nonzero((lru_id == lst) & (zone <= reclaim_idx)))
 
 
+def reclaim_writeback_folios(mm: Mm, memcg: Memcg, nid: int, nr: int, kswapd: bool) -> int:
+    """Drop up to `nr` of the swap-cache folios zswap's shrink worker wrote
+    back through for the cgroup on node `nid`. Their writeback ended with
+    them rotated to the inactive tail (folio_rotate_reclaimable()), so the
+    next scan of the list meets them first; clean, their data on the swap
+    device, they are freed without I/O. Returns how many."""
+    folios = memcg.writeback_folios
+    if nr <= 0 or not folios:
+        return 0
+    from .memcontrol import uncharge
+    from .page_alloc import give_frames
+
+    keep: list[tuple[int, int]] = []
+    n = 0
+    for f in folios:
+        if n < nr and f[0] == nid:
+            give_frames(mm, nid, f[1], 1)
+            n += 1
+        else:
+            keep.append(f)
+    if n:
+        folios[:] = keep
+        uncharge(memcg, n * PAGE_SIZE)
+        vm = mm.hosts[memcg.host].vmstat
+        vm.inc("pgscan_kswapd" if kswapd else "pgscan_direct", n)
+        vm.inc("pgsteal_kswapd" if kswapd else "pgsteal_direct", n)
+    return n
+
+
 async def shrink_lruvec_memcg(
     mm: Mm,
     nid: int,
@@ -325,9 +354,11 @@ async def shrink_lruvec_memcg(
         num, den = anon_scan_fraction(mm, memcg, nid)
         targets = [t * num // den for t in targets]
     # At priority 0 both kinds are scanned whole (SCAN_EQUAL).
-    reclaimed = 0
-    cost = 0
-    while targets[0]:
+    # The written-back swap-cache folios wait at the inactive tail: first scanned.
+    reclaimed = reclaim_writeback_folios(mm, memcg, nid, min(targets[0], nr_to_reclaim), kswapd)
+    targets[0] -= reclaimed
+    cost = reclaimed * mm.costs.reclaim_scan_ns
+    while targets[0] and (not reclaimed or reclaimed < nr_to_reclaim):
         chunk = min(targets[0], SWAP_CLUSTER_MAX)
         targets[0] -= chunk
         scanned, got, c, nr_pageout = await shrink_inactive_list(
@@ -385,16 +416,12 @@ def pgdat_balanced(mm: Mm, nid: int, highest_zoneidx: int = -1) -> bool:
     return any(z.free >= z.mark(which) + z.lowmem_reserve[hz] for z in node.zones if z.idx <= hz)
 
 
-def kernel_thread_ran(
-    mm: Mm, hosts: list[int], cost: int, device_ns: int = 0, thread: str = ""
-) -> int:
-    """Kernel thread `thread` did `cost` ns of work on `hosts`: the wall time it took.
+def kernel_thread_ran(mm: Mm, hosts: list[int], cost: int, thread: str = "") -> int:
+    """Kernel thread `thread` did `cost` ns of CPU work on `hosts`: the wall time it took.
 
-    `device_ns` of the cost is time a device took (swap writes, which the
-    thread starts and waits out with its CPU free); the rest is CPU work.
-    The CPU work is scaled by the host's kernel_cpu_scale (a host whose CPU
-    runs kernel code more slowly than tiersim's costs assume); the device's
-    time is not.
+    The work is scaled by the host's kernel_cpu_scale (a host whose CPU
+    runs kernel code more slowly than tiersim's costs assume). Swap writes
+    the thread starts are not part of it (swap.swap_write()).
 
     Where the processes keep every CPU busy the thread shares a CPU with
     them, as CFS shares it: its CPU work takes (processes + 1) / cpus times
@@ -402,8 +429,7 @@ def kernel_thread_ran(
     charged to them in memory.run_step()). With a CPU to spare it runs there
     at full speed. The CPU time is counted per thread (Host.kthread_cpu_ns).
     """
-    device_ns = min(max(device_ns, 0), cost)
-    cpu = int((cost - device_ns) * max(mm.hosts[h].kernel_cpu_scale for h in hosts))
+    cpu = int(cost * max(mm.hosts[h].kernel_cpu_scale for h in hosts))
     from .memory import running_processes
 
     wall = cpu
@@ -415,7 +441,7 @@ def kernel_thread_ran(
         if running >= host.cpus:
             host.kernel_cpu_ns += cpu
             wall = max(wall, cpu * (running + 1) // host.cpus)
-    return wall + device_ns
+    return wall
 
 
 def _boosted(mm: Mm, nid: int, highest_zoneidx: int) -> int:
@@ -571,11 +597,9 @@ def balance_pgdat(mm: Mm, nid: int, highest_zoneidx: int) -> None:
             finish(True)
             return
         nr_to_reclaim = kswapd_target(mm, nid, reclaim_idx)
-        written_before = mm.swap_write_ns
         reclaimed, scanned, cost = await shrink_node(
             mm, nid, priority, reclaim_idx, nr_to_reclaim, kswapd=True
         )
-        device_ns = mm.swap_write_ns - written_before
         run_reclaimed += reclaimed
         if scanned < nr_to_reclaim or not reclaimed:
             priority -= 1
@@ -592,7 +616,7 @@ def balance_pgdat(mm: Mm, nid: int, highest_zoneidx: int) -> None:
             return
         # Its next pass follows this one's work, which is CPU time of the host.
         mm.sched.after(
-            max(kernel_thread_ran(mm, node.hosts, cost, device_ns, f"kswapd{nid}"), 1_000),
+            max(kernel_thread_ran(mm, node.hosts, cost, f"kswapd{nid}"), 1_000),
             kswapd_step,
             f"kswapd{nid}",
         )

@@ -26,6 +26,11 @@ VMSTAT_EVENTS = (
     "pgfree",
     "pgactivate",
     "pgdeactivate",
+    # Folios moved to the inactive tail as their writeback ended
+    # (folio_rotate_reclaimable()): the swap-cache folios zswap's shrink
+    # worker writes back through. Pages reclaim writes to the swap device
+    # are freed at once, not rotated (swap.swap_write()).
+    "pgrotated",
     "pgrefill",
     "pgscan_kswapd",
     "pgscan_direct",

@@ -367,24 +367,71 @@ async def zswap_invalidate(mm: Mm, zswap: Zswap, page: int) -> None:
     await _entry_free(mm, zswap, page, memcg)
 
 
-async def writeback_entry(mm: Mm, zswap: Zswap, page: int, memcg: Memcg) -> tuple[bool, int]:
-    """zswap_writeback_entry(): decompress and write the page to the swap device."""
+async def _writeback_folio(mm: Mm, zswap: Zswap, memcg: Memcg) -> tuple[bool, int]:
+    """__read_swap_cache_async() for the shrink worker's writeback: a
+    swap-cache folio, charged to the entry's cgroup, that the entry is
+    decompressed into and written from: (allocated, ns).
+
+    The worker is a workqueue task, not in reclaim: it charges as any task
+    does, reclaiming from the cgroup when it is at its limit (the kernel's
+    traces show a fifth of zswap_store() calls coming from the worker in
+    zswap-pool-limit), and allocates GFP_KERNEL down to the min watermark.
+    The folio stays charged after its write: folio_end_writeback() rotates
+    it to the inactive tail, where the next reclaim of the cgroup drops it
+    (clean, no I/O: vmscan.reclaim_writeback_folios()).
+    """
+    from .memcontrol import try_charge
+    from .page_alloc import frames_ok, take_frames
+
+    ok, cost = await try_charge(mm, memcg)
+    if not ok:
+        return False, cost
+    host = mm.hosts[zswap.host]
+    nid = next((n for w in ("low", "min") for n in host.zonelist if frames_ok(mm, n, w)), None)
+    if nid is None:
+        uncharge(memcg, PAGE_SIZE)
+        return False, cost
+    memcg.writeback_folios.append((nid, take_frames(mm, nid, 1)[0]))
+    return True, cost
+
+
+async def writeback_entry(
+    mm: Mm, zswap: Zswap, page: int, memcg: Memcg, *, worker: bool = False
+) -> tuple[bool, int]:
+    """zswap_writeback_entry(): decompress the entry into a swap-cache folio
+    and start its write to the swap device.
+
+    Only the shrink worker's writebacks hold a folio here. In reclaim (the
+    zswap shrinker, a store at memory.zswap.max) the kernel forces the
+    folio's charge past memory.max (PF_MEMALLOC) and the same reclaim drops
+    it again once written; tiersim leaves that folio out.
+    """
     from .swap import swap_write
 
     host = mm.hosts[zswap.host]
     pages = mm.pages
+    cost = 0
+    if worker:
+        got, cost = await _writeback_folio(mm, zswap, memcg)
+        if not got:
+            # -ENOMEM: the entry stays in the pool.
+            zswap.stats.reject_reclaim_fail += 1
+            return False, cost
+        if pages.state[page] not in (PS_ZSWAP, PS_ZSWAP_DIRECT):
+            # Loaded or invalidated while the worker reclaimed for its folio.
+            return False, cost
+        host.vmstat.inc("pgrotated")
     data = mm.page_bytes(page)
-    cost = int(mm.costs.lz4_decompress_ns_per_byte * PAGE_SIZE)
+    cost += int(mm.costs.lz4_decompress_ns_per_byte * PAGE_SIZE)
     state = pages.state[page]
     if state == PS_ZSWAP_DIRECT:
         result = await _load_direct(mm, page)
         if result is None:
-            return False, 0
-        cost = result.cost_ns
+            return False, cost
+        cost += result.cost_ns
     # Free the entry first (it holds the page's charge), then write.
     await _entry_free(mm, zswap, page, memcg)
-    _swapped, refused, c = await swap_write(mm, host, [(page, data)])
-    cost += c
+    _swapped, refused = await swap_write(mm, host, [(page, data)])
     if refused:
         # No swap space. The kernel cannot get here (the entry's swap slot is
         # already reserved), but a tiersim swap node can be full or gone: the
@@ -421,7 +468,9 @@ SHRINK_NOENT = 1  # -ENOENT: nothing to walk, or writeback disabled
 SHRINK_AGAIN = 2  # -EAGAIN: the entry walked got a second chance instead
 
 
-async def shrink_memcg_one(mm: Mm, zswap: Zswap, memcg_index: int) -> tuple[int, int]:
+async def shrink_memcg_one(
+    mm: Mm, zswap: Zswap, memcg_index: int, *, worker: bool = False
+) -> tuple[int, int]:
     """shrink_memcg(): walk one entry of the cgroup's zswap LRU (one per node).
 
     A referenced entry is rotated and loses its reference (second chance);
@@ -440,12 +489,14 @@ async def shrink_memcg_one(mm: Mm, zswap: Zswap, memcg_index: int) -> tuple[int,
     if not await mm.policy.zswap_writeback(mm, mm.hosts[zswap.host], page, True):
         lru.move_to_end(page)
         return SHRINK_AGAIN, 0
-    ok, cost = await writeback_entry(mm, zswap, page, memcg)
+    ok, cost = await writeback_entry(mm, zswap, page, memcg, worker=worker)
+    if not ok and page in lru:
+        lru.move_to_end(page)
     return (SHRINK_OK if ok else SHRINK_AGAIN), cost
 
 
 async def shrink_memcg_walk(
-    mm: Mm, zswap: Zswap, memcg_index: int, nr_to_walk: int
+    mm: Mm, zswap: Zswap, memcg_index: int, nr_to_walk: int, *, worker: bool = False
 ) -> tuple[int, int, int]:
     """shrink_memcg(): walk up to nr_to_walk entries of the cgroup's zswap LRU,
     rotating referenced ones and writing back the others: (status, entries
@@ -455,7 +506,7 @@ async def shrink_memcg_walk(
     walked = written = cost = 0
     status = SHRINK_NOENT
     while walked < nr_to_walk:
-        one, c = await shrink_memcg_one(mm, zswap, memcg_index)
+        one, c = await shrink_memcg_one(mm, zswap, memcg_index, worker=worker)
         cost += c
         if one == SHRINK_NOENT:
             break
@@ -490,14 +541,12 @@ def start_shrink_worker(mm: Mm, zswap: Zswap) -> None:
             return
         idx = memcgs[zswap.next_memcg % len(memcgs)]
         zswap.next_memcg += 1
-        written_before = mm.swap_write_ns
-        status, _, cost = await shrink_memcg_walk(mm, zswap, idx, SHRINK_MEMCG_WALK_WORKER)
-        # The worker starts each write and goes on (__swap_writepage() does
-        # not wait for it): only its CPU work takes time, shared with the
-        # host's processes.
-        cost = kernel_thread_ran(
-            mm, [zswap.host], cost - (mm.swap_write_ns - written_before), thread="zswap_shrink"
+        status, _, cost = await shrink_memcg_walk(
+            mm, zswap, idx, SHRINK_MEMCG_WALK_WORKER, worker=True
         )
+        # Its CPU work, shared with the host's processes (the writes it
+        # starts are not waited for).
+        cost = kernel_thread_ran(mm, [zswap.host], cost, thread="zswap_shrink")
         if status == SHRINK_AGAIN:
             failures += 1
             if failures >= MAX_RECLAIM_RETRIES:

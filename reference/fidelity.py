@@ -19,25 +19,6 @@ from typing import Any
 from .compare import Row, compare, run_tiersim, tiersim_counters
 from .spec import data_dir, library, load_workload
 
-_POOL_LIMIT = (
-    "After the global limit is hit the kernel writes back 10.2-13.6k entries and ends with "
-    "0-1,677 in the pool (six runs); tiersim now writes back 17.3k (1.45x) and stores 23.9k "
-    "(1.25x against 18.0-20.4k), ending with the pool empty. Its shrink worker walks 16 "
-    "entries a call, as function traces of the guest show the kernel's doing, and, like the "
-    "kernel's, starts each write without waiting for it (only its CPU work takes time, shared "
-    "with the workload): charged the swap device's write time instead it wrote back 7.7k "
-    "(0.65x) and left 3.3k entries in the pool. A trace (`--ftrace shrink_worker --ftrace "
-    "shrink_memcg_cb --ftrace zswap_store`) shows the kernel's worker walking 1,100-1,600 "
-    "entries over 0.5-0.8 s of guest time a run and reclaiming for the swap-cache folios it "
-    "writes back through (4,695 of the run's 30,580 zswap_store calls are the worker's). "
-    "Allocating and charging that folio for each writeback (kept until reclaim drops it, "
-    "clean, from the inactive tail) brought pgsteal_direct, pgalloc_dma32 and pgrotated "
-    "into the kernel's range here, but in `zswap-incomp-wb`, where the zswap shrinker writes "
-    "back inside reclaim, the forced charges made reclaim take 5.7k more workload pages "
-    "(zswpout 1.37x, zswpin 5.7k against at most 2.6k); tried, not kept. Pacing at the guest's "
-    "clock with the worker's CPU work scaled as kswapd's is (`kernel_cpu_scale`) changed "
-    "little (16.0-17.3k written back)."
-)
 _DIRECT_DEMOTION = (
     "With the guest's zones (a 3.8k-page DMA zone beside DMA32 on node 0), watermark "
     "boosting, kswapd paced as in the guest, zswap's pool allocated from the reserves as "
@@ -67,13 +48,6 @@ _DIRECT_DEMOTION = (
 )
 # (workload, counter) -> why tiersim does not match; "*" as workload means every workload.
 KNOWN_GAPS: dict[tuple[str, str], str] = {
-    **{
-        ("zswap-pool-limit", c): _POOL_LIMIT
-        for c in (
-            "vmstat.zswpout",
-            "vmstat.zswpwb",
-        )
-    },
     **{("zswap-demotion", c): _DIRECT_DEMOTION for c in ("vmstat.pgdemote_direct",)},
 }
 

@@ -88,6 +88,44 @@ def test_pool_limit_hit_and_writeback_to_swap(simulate: Any) -> None:
     assert host["zswap"]["pool_total_size"] <= (host["zswap"]["max_pool_pages"] + 4) * 4096
 
 
+# A write-only scan through more pages than the cgroup may hold: every page
+# reclaimed is swapped out once and never read back (no swap-cache pages).
+_WRITE_SCAN = {
+    "cgroups__app__memory_max": "6MiB",
+    "workloads__w__pattern__kind": "scan",
+    "workloads__w__pattern__write_ratio": 1.0,
+    "workloads__w__accesses": 4096,
+    "scenario__duration": "10s",
+}
+
+
+def test_reclaim_does_not_wait_for_its_swap_writes(simulate: Any) -> None:
+    """pageout() submits the write (__swap_writepage()) and reclaim goes on:
+    a slower swap device does not slow the task that reclaims."""
+    runs = [
+        simulate(nodes__swap0__options__latency__write_base_ns=ns, **_WRITE_SCAN)
+        for ns in (20_000, 2_000_000)
+    ]
+    assert all(vm(d, "pswpout") > 1000 for d in runs)
+    fast, slow = (d["workloads"]["w"]["sim_time_ns"] for d in runs)
+    assert fast == slow
+
+
+def test_shrink_worker_writes_back_through_a_charged_swap_cache_folio(simulate: Any) -> None:
+    """zswap_writeback_entry() decompresses into a folio charged to the entry's
+    cgroup; written, it waits at the inactive tail until reclaim drops it."""
+    doc = simulate(
+        tunables__zswap__enabled=True, tunables__zswap__max_pool_percent=5, **_WRITE_SCAN
+    )
+    written_back = vm(doc, "zswpwb")
+    assert written_back > 500 and vm(doc, "pgrotated") == written_back
+    # Reclaim freed the pages it stored or wrote out, and the folios besides.
+    swapped = vm(doc, "zswpout") + vm(doc, "pswpout") - written_back + vm(doc, "swpout_zero")
+    folios = vm(doc, "pgsteal_direct") - swapped
+    assert 0.9 * written_back <= folios <= written_back
+    assert cg(doc)["memory.current"] <= 6 << 20
+
+
 def test_zsmalloc_pool_is_compacted_by_global_reclaim_only(simulate: Any) -> None:
     """zsmalloc's shrinker is not memcg-aware: kswapd compacts, limit reclaim never does."""
     glob = simulate(tunables__zswap__enabled=True, tunables__zswap__max_pool_percent=50)

@@ -240,16 +240,15 @@ def test_a_process_pays_for_kernel_time_only_after_it_started() -> None:
     assert proc.clock_ns == 1_000
 
 
-def test_a_kernel_thread_pays_cpu_for_its_cpu_work_and_waits_out_the_device() -> None:
-    host = SimpleNamespace(kernel_cpu_scale=10.0, cpus=1, kernel_cpu_ns=0)
+def test_a_kernel_thread_shares_a_busy_cpu_and_runs_at_the_hosts_speed() -> None:
+    host = SimpleNamespace(kernel_cpu_scale=10.0, cpus=1, kernel_cpu_ns=0, kthread_cpu_ns={})
     proc = SimpleNamespace(host=0, started=True, done=False)
     mm = SimpleNamespace(hosts=[host], procs=[proc])
-    # 1 us of CPU work (10 us on this slower host) shared with the busy CPU's
-    # process, then the 5 us swap write, which is neither scaled nor shared.
-    assert kernel_thread_ran(mm, [0], 6_000, device_ns=5_000) == 10_000 * 2 + 5_000
-    assert host.kernel_cpu_ns == 10_000
+    # 1 us of CPU work (10 us on this slower host) shared with the busy CPU's process.
+    assert kernel_thread_ran(mm, [0], 1_000, "kswapd0") == 10_000 * 2
+    assert host.kernel_cpu_ns == 10_000 and host.kthread_cpu_ns == {"kswapd0": 10_000}
     host.cpus = 2  # a CPU to spare: the thread runs there, the process loses nothing
-    assert kernel_thread_ran(mm, [0], 6_000, device_ns=5_000) == 10_000 + 5_000
+    assert kernel_thread_ran(mm, [0], 1_000) == 10_000
     assert host.kernel_cpu_ns == 10_000
 
 
