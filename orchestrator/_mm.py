@@ -93,6 +93,12 @@ class Numa:
     # One zone without foreign pageblocks: frames are plain counts.
     simple: bool = True
 
+    @property
+    def nr_free_pages(self) -> int:
+        """NR_FREE_PAGES: free frames on the buddy lists, the ones the
+        watermarks count (free_pages less those on per-CPU lists)."""
+        return self.free_pages - sum(z.pcp.count for z in self.zones if z.pcp is not None)
+
     def zone_at(self, idx: int) -> Zone:
         for z in self.zones:
             if z.idx == idx:

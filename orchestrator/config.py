@@ -139,6 +139,10 @@ class Tunables:
     watermark_scale_factor: int = 10
     # vm.page-cluster: swap readahead reads up to 2**page_cluster pages a fault.
     page_cluster: int = 3
+    # The per-CPU page lists of nodes with zones (mmzone.Pcp). Always there in
+    # the kernel; off by default here until the reference calibration of
+    # kernel threads' CPU time accounts for them (docs/fidelity.md).
+    pcp_lists: bool = False
     zswap: ZswapTunables = field(default_factory=ZswapTunables)
     cram: CramTunables = field(default_factory=CramTunables)
     numa: NumaTunables = field(default_factory=NumaTunables)

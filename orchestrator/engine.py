@@ -50,6 +50,7 @@ from .mmzone import (
     node_watermarks,
     setup_per_zone_lowmem_reserve,
     setup_per_zone_wmarks,
+    setup_zone_pageset,
 )
 from .numa_balancing import PromoState, start_scanner, tiering_mode
 from .results import SCHEMA, LatencyHistogram
@@ -221,6 +222,9 @@ class Simulation:
             )
             for i in own:
                 mm.nodes[i].wmark = node_watermarks(mm.nodes[i].zones)
+                if cfg.tunables.pcp_lists and not mm.nodes[i].simple:
+                    for z in mm.nodes[i].zones:
+                        setup_zone_pageset(z, hcfg.cpus)
             host = Host(
                 index=hi,
                 name=hcfg.name,
@@ -424,6 +428,7 @@ class Simulation:
                 "present_pages": n.present_pages,
                 "used_pages": n.nr_pages,
                 "free_pages": n.free_pages,
+                "pcp_pages": n.free_pages - n.nr_free_pages,
                 "watermarks": {
                     "min": n.wmark.min,
                     "low": n.wmark.low,

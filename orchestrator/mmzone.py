@@ -23,9 +23,21 @@ tiersim keeps counts, not frames: per zone its free pages, the movable free
 ones, and per foreign pageblock its free pages and the movable pages taken
 from it. The buddy allocator's orders are not modelled: a pageblock's free
 pages count as one block (the claim attempt needs a free block of at least
-pageblock_order / 2, so 16 pages here). Per-CPU page lists are not modelled
-either. A node without zones configured has a single zone, all movable,
-which behaves exactly as a node without zones.
+pageblock_order / 2, so 16 pages here). A node without zones configured has
+a single zone, all movable, which behaves exactly as a node without zones.
+
+Order-0 pages are allocated from and freed to per-CPU page lists (struct
+per_cpu_pages), which take and give back pages from the buddy lists in
+batches. Pages on them are free, but NR_FREE_PAGES does not count them, and
+every watermark check reads NR_FREE_PAGES: a zone whose list holds a few
+hundred pages looks that much fuller to the allocator and to kswapd. On a
+small zone that is more than the distance between its watermarks (the
+reference guest's DMA32 zone: low 310, high 372, a list of up to 310).
+tiersim models a zone's list as one list standing for all the host's CPUs
+(exact for one CPU), with the kernel's batch and the bounds its automatic
+tuning moves `high` between, on nodes with zones configured, when the
+scenario turns them on (tunables.pcp_lists). The periodic decay of `high`
+and the drain of remote nodes' lists (vmstat_update()) are left out.
 """
 
 from __future__ import annotations
@@ -49,6 +61,8 @@ WATERMARK_BOOST_FACTOR = 15000  # vm.watermark_boost_factor: 150 % of the high w
 # Migratetypes a movable allocation falls back to, in the kernel's order
 # (fallbacks[MIGRATE_MOVABLE]).
 FALLBACK_TYPES = ("reclaimable", "unmovable")
+PCP_BATCH_SCALE_MAX = 5  # CONFIG_PCP_BATCH_SCALE_MAX
+MIN_PERCPU_PAGELIST_HIGH_FRACTION = 8
 
 
 @dataclass(frozen=True)
@@ -74,6 +88,27 @@ class PageBlock:
 
 
 @dataclass
+class Pcp:
+    """A zone's per-CPU list of free order-0 pages (struct per_cpu_pages).
+
+    `high` is tuned between `high_min` (the zone's low watermark over the
+    CPUs) and `high_max` (an eighth of the zone): up while the zone is above
+    its high watermark, down while it is below or kswapd reclaims it.
+    `free_count` counts recent frees (the batch a flush gives back),
+    `alloc_factor` doubles the batch a refill takes while allocations
+    follow each other without frees.
+    """
+
+    batch: int
+    high_min: int
+    high_max: int
+    high: int
+    count: int = 0
+    free_count: int = 0
+    alloc_factor: int = 0
+
+
+@dataclass
 class Zone:
     """One zone of one node (struct zone), as counts."""
 
@@ -94,6 +129,10 @@ class Zone:
     stolen: dict[int, PageBlock] = field(default_factory=dict)
     # Frames taken without a page behind them (the zswap pool's zspages).
     untracked: int = 0
+    # The per-CPU list; `free` (NR_FREE_PAGES) leaves its pages out.
+    pcp: Pcp | None = None
+    below_high: bool = False  # ZONE_BELOW_HIGH: an allocation found it below high
+    reclaim_active: bool = False  # ZONE_RECLAIM_ACTIVE: kswapd is balancing it
 
     @property
     def name(self) -> str:
@@ -189,6 +228,29 @@ def node_watermarks(zones: list[Zone]) -> Watermarks:
         high=sum(z.wmark.high for z in zones) + reserve,
         promo=sum(z.wmark.promo for z in zones) + reserve,
     )
+
+
+def zone_batchsize(managed: int) -> int:
+    """zone_batchsize(): ~0.1 % of the zone (at most 1 MiB) over four,
+    clamped to 2^n - 1; at least 1 (zone_set_pageset_high_and_batch())."""
+    batch = max(min(managed >> 10, 256) // 4, 1)
+    batch = (1 << ((batch + batch // 2).bit_length() - 1)) - 1
+    return max(1, batch)
+
+
+def zone_highsize(zone: Zone, batch: int, cpus: int, high_fraction: int) -> int:
+    """zone_highsize(): the zone's low watermark (or `managed / high_fraction`)
+    split over the CPUs, at least four batches."""
+    total = zone.managed // high_fraction if high_fraction else zone.mark("low")
+    return max(total // max(cpus, 1), batch << 2)
+
+
+def setup_zone_pageset(zone: Zone, cpus: int) -> None:
+    """zone_pcp_update(): the zone's per-CPU list, empty, with its batch and bounds."""
+    batch = zone_batchsize(zone.managed)
+    high_min = zone_highsize(zone, batch, cpus, 0)
+    high_max = zone_highsize(zone, batch, cpus, MIN_PERCPU_PAGELIST_HIGH_FRACTION)
+    zone.pcp = Pcp(batch=batch, high_min=high_min, high_max=high_max, high=high_min)
 
 
 def boost_watermark(zone: Zone) -> bool:

@@ -183,7 +183,7 @@ def pgdat_free_space_enough(mm: Mm, nid: int) -> bool:
     """Free above WMARK_PROMO + max(1 GiB, present / 16)."""
     node = mm.nodes[nid]
     enough = max((1 << 30) >> PAGE_SHIFT, node.present_pages >> 4)
-    return node.free_pages > node.wmark.promo + enough
+    return node.nr_free_pages > node.wmark.promo + enough
 
 
 def adjust_threshold(mm: Mm, host: Host, nid: int, now_ns: int) -> None:
@@ -236,4 +236,4 @@ def should_promote(mm: Mm, host: Host, page: int, dst: int, now_ns: int) -> bool
 def migrate_balanced(mm: Mm, nid: int, nr: int = 1) -> bool:
     """migrate_balanced_pgdat(): the target stays above its high watermark."""
     node = mm.nodes[nid]
-    return node.free_pages - nr >= node.wmark.high
+    return node.nr_free_pages - nr >= node.wmark.high

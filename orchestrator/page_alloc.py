@@ -16,8 +16,10 @@ from .mmzone import (
     CLAIM_MIN_PAGES,
     FALLBACK_TYPES,
     PAGEBLOCK_NR_PAGES,
+    PCP_BATCH_SCALE_MAX,
     ZONE_MOVABLE,
     PageBlock,
+    Pcp,
     Watermarks,
     Zone,
     boost_watermark,
@@ -32,6 +34,7 @@ __all__ = [
     "Watermarks",
     "alloc_migration_frames",
     "alloc_page",
+    "drain_all_pages",
     "frames_ok",
     "free_frame",
     "give_frames",
@@ -93,13 +96,127 @@ def _rmqueue_fallback(zone: Zone, page: int) -> None:
         zone.stolen[page] = smallest
 
 
+def _clamp(v: int, lo: int, hi: int) -> int:
+    """The kernel's clamp(): `hi` wins when the bounds cross."""
+    return min(max(v, lo), hi)
+
+
+def _nr_pcp_alloc(zone: Zone, pcp: Pcp) -> int:
+    """nr_pcp_alloc(): how many pages an empty list takes from the buddy lists.
+
+    The batch doubles with each refill that follows another without a free
+    in between (alloc_factor), bounded by room under `high`; above its high
+    watermark the zone lets `high` grow by the batch."""
+    base = pcp.batch
+    high = pcp.high = _clamp(pcp.high, pcp.high_min, pcp.high_max)
+    if high < base:
+        return 1
+    batch = base << pcp.alloc_factor
+    if pcp.high_min != pcp.high_max and not zone.below_high:
+        high = pcp.high = min(high + batch, pcp.high_max)
+    max_nr_alloc = max(high - pcp.count - base, base)
+    if batch <= max_nr_alloc and pcp.alloc_factor < PCP_BATCH_SCALE_MAX:
+        pcp.alloc_factor += 1
+    batch = min(batch, max_nr_alloc)
+    return max(batch, 2) if batch > 1 else batch
+
+
+def _nr_pcp_high(zone: Zone, pcp: Pcp) -> int:
+    """nr_pcp_high(): the count at which a free flushes the list.
+
+    While kswapd reclaims the zone the list keeps at most four batches; below
+    the zone's high watermark `high` decays towards `high_min` and the list
+    flushes at `high_min`; above it, a list that fills up raises `high` to
+    hold the frees in progress."""
+    batch = pcp.batch
+    high = pcp.high = _clamp(pcp.high, pcp.high_min, pcp.high_max)
+    if not high:
+        return 0
+    if zone.reclaim_active:
+        pcp.high = max(high - max(pcp.free_count, batch), pcp.high_min)
+        return min(batch << 2, pcp.high)
+    if pcp.high_min == pcp.high_max:
+        return high
+    if zone.below_high:
+        pcp.high = max(high - max(pcp.free_count, batch), pcp.high_min)
+        high = max(pcp.count, pcp.high_min)
+    elif pcp.count >= high:
+        need_high = pcp.free_count + batch
+        if pcp.high < need_high:
+            pcp.high = _clamp(need_high, pcp.high_min, pcp.high_max)
+    return high
+
+
+def _nr_pcp_free(pcp: Pcp, high: int) -> int:
+    """nr_pcp_free(): how many pages a flush gives back: the recent frees,
+    leaving at least a batch on the list."""
+    batch = pcp.batch
+    if high < batch:
+        return 1
+    return _clamp(pcp.free_count, batch, high - batch)
+
+
+def _pcp_to_buddy(zone: Zone, pcp: Pcp, n: int) -> None:
+    """free_pcppages_bulk(): `n` pages of the list back to the movable free lists."""
+    n = min(n, pcp.count)
+    pcp.count -= n
+    zone.free += n
+    zone.free_movable += n
+
+
+def _free_to_pcp(zone: Zone, pcp: Pcp) -> None:
+    """free_frozen_page_commit(): the page joins the list; past `high` the
+    list gives a batch back, and a zone back above its high watermark
+    loses ZONE_BELOW_HIGH."""
+    pcp.alloc_factor >>= 1
+    pcp.count += 1
+    if pcp.free_count < pcp.batch << PCP_BATCH_SCALE_MAX:
+        pcp.free_count += 1
+    high = _nr_pcp_high(zone, pcp)
+    if pcp.count >= high:
+        _pcp_to_buddy(zone, pcp, _nr_pcp_free(pcp, high))
+        if zone.below_high and _headroom(zone, "high") >= 1:
+            zone.below_high = False
+
+
+def drain_all_pages(mm: Mm) -> None:
+    """drain_all_pages(): every zone's per-CPU list back to the buddy lists."""
+    for node in mm.nodes:
+        for zone in node.zones:
+            if zone.pcp is not None:
+                _pcp_to_buddy(zone, zone.pcp, zone.pcp.count)
+
+
+def _note_below_high(zone: Zone) -> None:
+    """get_page_from_freelist() checks a zone against its high watermark first
+    and marks it ZONE_BELOW_HIGH when it fails (cleared by a free)."""
+    if not zone.below_high and _headroom(zone, "high") < 1:
+        zone.below_high = True
+
+
 def rmqueue(mm: Mm, node: Numa, zone: Zone, page: int) -> None:
-    """Take one movable frame of `zone` for `page` (-1: a frame without a page)."""
-    if zone.free_movable:
+    """Take one movable frame of `zone` for `page` (-1: a frame without a page).
+
+    From the zone's per-CPU list, refilled from the movable free lists in a
+    batch when empty (rmqueue_pcplist()); with no movable free page the
+    allocation falls back to another migratetype's pageblock, page by page.
+    """
+    pcp = zone.pcp
+    if pcp is not None:
+        pcp.free_count >>= 1
+        if not pcp.count:
+            n = min(_nr_pcp_alloc(zone, pcp), zone.free_movable)
+            zone.free -= n
+            zone.free_movable -= n
+            pcp.count += n
+    if pcp is not None and pcp.count:
+        pcp.count -= 1
+    elif zone.free_movable:
         zone.free_movable -= 1
+        zone.free -= 1
     else:
         _rmqueue_fallback(zone, page)
-    zone.free -= 1
+        zone.free -= 1
     node.free_pages -= 1
     node.nr_pages += 1
     mm.hosts[node.hosts[0]].vmstat[zone.pgalloc] += 1
@@ -114,16 +231,21 @@ def rmqueue(mm: Mm, node: Numa, zone: Zone, page: int) -> None:
 def free_one(node: Numa, zone: Zone, page: int) -> None:
     """Give a frame back to its zone: to its foreign pageblock if it was stolen from one."""
     block = zone.stolen.pop(page, None) if zone.stolen else None
+    node.free_pages += 1
+    node.nr_pages -= 1
     if block is not None and not block.claimed:
+        # (The kernel puts it on the list of its pageblock's migratetype,
+        # out of a movable allocation's reach; tiersim returns it at once.)
         if not block.free:
             zone.blocks.append(block)
         block.free += 1
         block.movable -= 1
+    elif zone.pcp is not None:
+        _free_to_pcp(zone, zone.pcp)
+        return
     else:
         zone.free_movable += 1
     zone.free += 1
-    node.free_pages += 1
-    node.nr_pages -= 1
 
 
 # -- one node ---------------------------------------------------------------
@@ -154,9 +276,10 @@ def _zone_for(node: Numa) -> Zone:
     highest above its min watermark, else the one with the most room left."""
     zones = node.zones
     for z in reversed(zones):
+        _note_below_high(z)
         if _headroom(z, "min") >= 1:
             return z
-    free = [z for z in zones if z.free > 0]
+    free = [z for z in zones if z.free + (z.pcp.count if z.pcp else 0) > 0]
     if not free:
         raise RuntimeError(f"node {node.name} has no free frame left")
     return max(free, key=lambda z: _headroom(z, "min"))
@@ -210,7 +333,12 @@ def alloc_migration_frames(mm: Mm, nid: int, pages: list[int]) -> list[int]:
         if not woke and not any(_headroom(z, "low") >= 1 for z in node.zones):
             wakeup_kswapd(mm, nid)
             woke = True
-        zone = next((z for z in reversed(node.zones) if _headroom(z, "min") >= 1), None)
+        zone = None
+        for z in reversed(node.zones):
+            _note_below_high(z)
+            if _headroom(z, "min") >= 1:
+                zone = z
+                break
         if zone is None:
             break
         rmqueue(mm, node, zone, page)
@@ -292,6 +420,7 @@ def _first_ok(mm: Mm, host: Host, which: str) -> tuple[int, Zone | None]:
         if node.lost:
             continue
         for zone in reversed(node.zones):
+            _note_below_high(zone)
             if _headroom(zone, which) >= 1:  # __zone_watermark_ok() for one page
                 return nid, zone
     return -1, None
@@ -332,6 +461,11 @@ async def alloc_page(
         progress, cost = await try_to_free_pages(mm, host)
         spent += cost
         nid, zone = _first_ok(mm, host, "min")
+        if zone is None and progress:
+            # __alloc_pages_direct_reclaim(): reclaim made progress but the
+            # pages may sit on per-CPU lists: drain them and try again.
+            drain_all_pages(mm)
+            nid, zone = _first_ok(mm, host, "min")
         if zone is not None:
             return _take(mm, host, nid, zone, page), spent
         if progress == 0:

@@ -185,7 +185,9 @@ SCHEMA: dict[str, Any] = {
         }
     ),
     "tunables": {
-        **_leaves("demotion_enabled", "swappiness", "watermark_scale_factor", "page_cluster"),
+        **_leaves(
+            "demotion_enabled", "swappiness", "watermark_scale_factor", "page_cluster", "pcp_lists"
+        ),
         "zswap": _leaves(*(f.name for f in fields(ZswapTunables))),
         "cram": _leaves(*(f.name for f in fields(CramTunables))),
         "numa": _leaves(*(f.name for f in fields(NumaTunables))),
@@ -1349,6 +1351,7 @@ class _RunBuilder:
             ),
             # vm.page-cluster accepts 0..31; readahead caps the window at 2**5.
             page_cluster=self.integer(t, at, "page_cluster", base.page_cluster, 0, 31),
+            pcp_lists=self.boolean(t, at, "pcp_lists", base.pcp_lists),
             zswap=zswap,
             cram=cram,
             numa=numa,

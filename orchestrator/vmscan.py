@@ -562,6 +562,10 @@ def balance_pgdat(mm: Mm, nid: int, highest_zoneidx: int) -> None:
             vm.inc("kswapd_low_wmark_hit_quickly")
     hz = highest_zoneidx
     boosts = {z.idx: z.watermark_boost for z in node.zones if z.idx <= hz}
+    # set_reclaim_active(): the zones' per-CPU lists keep little meanwhile.
+    active = [z for z in node.zones if z.idx <= hz or hz < 0]
+    for z in active:
+        z.reclaim_active = True
     nr_boost_reclaim = sum(boosts.values())
     reclaim_idx = None if node.simple or hz >= node.zones[-1].idx else hz
     priority = DEF_PRIORITY
@@ -571,6 +575,8 @@ def balance_pgdat(mm: Mm, nid: int, highest_zoneidx: int) -> None:
         for z in node.zones:
             if z.idx in boosts:
                 z.watermark_boost -= min(z.watermark_boost, boosts[z.idx])
+        for z in active:
+            z.reclaim_active = False
         node.kswapd_running = False
         node.kswapd_slept_ns = mm.sched.now_ns
         pending = node.kswapd_highest_zoneidx

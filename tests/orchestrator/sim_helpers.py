@@ -64,6 +64,59 @@ write_ratio = 0.2
 think = "1us"
 """
 
+# The reference `demotion` guest: node 0 a DMA zone beside DMA32 (with free
+# pages in foreign pageblocks), node 1 a slower tier.
+ZONED = """
+[scenario]
+name = "zones"
+seed = 3
+duration = "3600s"
+
+[[hosts]]
+name = "guest"
+cpus = 1
+
+[[nodes]]
+name = "node0"
+kind = "dram"
+host = "guest"
+capacity = "111360KiB"
+
+[[nodes.zones]]
+zone = "DMA"
+size = "15232KiB"
+managed = "15MiB"
+unmovable = [224]
+
+[[nodes.zones]]
+zone = "DMA32"
+size = "96128KiB"
+managed = "130912KiB"
+unmovable = [131]
+reclaimable = [512, 298]
+
+[[nodes]]
+name = "node1"
+kind = "cxl"
+host = "guest"
+capacity = "183840KiB"
+
+[tunables]
+demotion_enabled = true
+
+[[cgroups]]
+name = "ref"
+
+[[workloads]]
+name = "ref"
+host = "guest"
+cgroup = "ref"
+footprint = "224MiB"
+content = "text"
+accesses = 114688
+pattern = { kind = "scan" }
+"""
+
 
 def run_text(text: str, overrides: Mapping[str, object] | None = None) -> list[dict[str, Any]]:
     scenario = loads_scenario(text, overrides=dict(overrides or {}))

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from sim_helpers import run_text, vm
+from sim_helpers import ZONED, run_text, vm
 from tiersim._errors import ConfigError
 from tiersim.orchestrator.memory import _pay_kernel_cpu
 from tiersim.orchestrator.mmzone import (
@@ -99,58 +99,6 @@ def test_small_free_blocks_are_stolen_without_a_boost() -> None:
     # Below pageblock_order / 2 no claim is tried, so no boost.
     assert not zone.boosted and zone.watermark_boost == 0
     assert zone.stolen[1].free == 9
-
-
-ZONED = """
-[scenario]
-name = "zones"
-seed = 3
-duration = "3600s"
-
-[[hosts]]
-name = "guest"
-cpus = 1
-
-[[nodes]]
-name = "node0"
-kind = "dram"
-host = "guest"
-capacity = "111360KiB"
-
-[[nodes.zones]]
-zone = "DMA"
-size = "15232KiB"
-managed = "15MiB"
-unmovable = [224]
-
-[[nodes.zones]]
-zone = "DMA32"
-size = "96128KiB"
-managed = "130912KiB"
-unmovable = [131]
-reclaimable = [512, 298]
-
-[[nodes]]
-name = "node1"
-kind = "cxl"
-host = "guest"
-capacity = "183840KiB"
-
-[tunables]
-demotion_enabled = true
-
-[[cgroups]]
-name = "ref"
-
-[[workloads]]
-name = "ref"
-host = "guest"
-cgroup = "ref"
-footprint = "224MiB"
-content = "text"
-accesses = 114688
-pattern = { kind = "scan" }
-"""
 
 
 def test_fallbacks_in_the_dma_zone_wake_kswapd_to_demote_from_it() -> None:
