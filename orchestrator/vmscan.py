@@ -60,18 +60,23 @@ def inactive_is_low(mm: Mm, inactive: int, active: int) -> bool:
     return n_inactive * ratio < n_active
 
 
-def isolate_lru(mm: Mm, host: Host, lst: int, nr: int, reclaim_idx: int | None) -> list[int]:
+def isolate_lru(
+    mm: Mm, host: Host, lst: int, nr: int, reclaim_idx: int | None
+) -> tuple[list[int], int]:
     """isolate_lru_folios(): up to nr pages off the tail; with a reclaim_idx,
-    pages of higher zones are skipped (pgskip_<zone>) and stay on the list."""
+    pages of higher zones are skipped (pgskip_<zone>) and stay on the list.
+    Returns (isolated, pages looked at): the skipped count as scanned
+    (total_scan), in pgscan_* and pgrefill as in the kernel."""
     if reclaim_idx is None:
-        return mm.lru.isolate_tail(lst, nr)
+        batch = mm.lru.isolate_tail(lst, nr)
+        return batch, len(batch)
     batch, skipped = mm.lru.isolate_tail_zones(lst, nr, reclaim_idx, SWAP_CLUSTER_MAX_SKIPPED)
     if skipped:
         zone = mm.pages.zone
         vm = host.vmstat
         for page in skipped:
             vm[PGSKIP[zone[page]]] += 1
-    return batch
+    return batch, len(batch) + len(skipped)
 
 
 def shrink_active_list(
@@ -83,8 +88,8 @@ def shrink_active_list(
     executable file pages are rotated), their young bit cleared.
     """
     pages = mm.pages
-    moved = isolate_lru(mm, host, active, nr, reclaim_idx)
-    host.vmstat.inc("pgrefill", len(moved))
+    moved, looked = isolate_lru(mm, host, active, nr, reclaim_idx)
+    host.vmstat.inc("pgrefill", looked)
     for page in moved:
         pages.flags[page] &= ~(F_ACTIVE | F_YOUNG) & 0xFF
         mm.lru.add_head(inactive, page)
@@ -113,10 +118,10 @@ async def shrink_inactive_list(
 ) -> tuple[int, int, int, int]:
     """Isolate up to nr_to_scan pages off the inactive tail and reclaim them:
     (scanned, reclaimed, ns, pages written out)."""
-    batch = isolate_lru(mm, host, inactive, nr_to_scan, reclaim_idx)
+    batch, looked = isolate_lru(mm, host, inactive, nr_to_scan, reclaim_idx)
+    host.vmstat.inc("pgscan_kswapd" if kswapd else "pgscan_direct", looked)
     if not batch:
         return 0, 0, 0, 0
-    host.vmstat.inc("pgscan_kswapd" if kswapd else "pgscan_direct", len(batch))
     cost = len(batch) * mm.costs.reclaim_scan_ns
     got, c, nr_pageout = await shrink_folio_list(
         mm, batch, nid, host, inactive, active, kswapd=kswapd, memcg_reclaim=memcg_reclaim
@@ -229,7 +234,7 @@ async def try_to_free_mem_cgroup_pages(mm: Mm, memcg: Memcg, nr: int) -> tuple[i
     cost = 0
     for priority in range(DEF_PRIORITY, -1, -1):
         for nid in nids:
-            got, c = await shrink_lruvec_memcg(mm, nid, memcg, priority, nr_to_reclaim)
+            got, _, c = await shrink_lruvec_memcg(mm, nid, memcg, priority, nr_to_reclaim)
             reclaimed += got
             cost += c
         cost += await zswap_shrink_slab(mm, memcg, priority)
@@ -323,8 +328,11 @@ async def shrink_lruvec_memcg(
     kswapd: bool = False,
     cgroup_reclaim: bool | None = None,
     reclaim_idx: int | None = None,
-) -> tuple[int, int]:
-    """shrink_lruvec() of one cgroup on one node at one priority: (reclaimed, ns).
+) -> tuple[int, int, int]:
+    """shrink_lruvec() of one cgroup on one node at one priority: (reclaimed,
+    isolated, ns). The pages isolated off the inactive list are what the
+    kernel adds to sc->nr_scanned (in shrink_folio_list()); pgscan_* also
+    counts the pages of higher zones passed over.
 
     Scan targets are each list's size >> priority (pages of zones up to
     reclaim_idx only). In cgroup reclaim (by default, unless `kswapd`) they
@@ -358,6 +366,7 @@ async def shrink_lruvec_memcg(
     reclaimed = reclaim_writeback_folios(mm, memcg, nid, min(targets[0], nr_to_reclaim), kswapd)
     targets[0] -= reclaimed
     cost = reclaimed * mm.costs.reclaim_scan_ns
+    isolated = reclaimed
     while targets[0] and (not reclaimed or reclaimed < nr_to_reclaim):
         chunk = min(targets[0], SWAP_CLUSTER_MAX)
         targets[0] -= chunk
@@ -373,6 +382,7 @@ async def shrink_lruvec_memcg(
             reclaim_idx=reclaim_idx,
         )
         if scanned:
+            isolated += scanned
             reclaimed += got
             cost += c
             lru_note_cost(mm, memcg, nid, nr_pageout, scanned - got)
@@ -385,7 +395,7 @@ async def shrink_lruvec_memcg(
             break
     if inactive_is_low(mm, inactive, active):
         shrink_active_list(mm, host, inactive, active, SWAP_CLUSTER_MAX, reclaim_idx)
-    return reclaimed, cost
+    return reclaimed, isolated, cost
 
 
 # -- kswapd ---------------------------------------------------------------
@@ -506,12 +516,9 @@ async def shrink_node(
 
     node = mm.nodes[nid]
     reclaimed = scanned = cost = 0
-    key = "pgscan_kswapd" if kswapd else "pgscan_direct"
     for idx in sorted(node.lru):
         memcg = mm.memcgs[idx]
-        vm = mm.hosts[memcg.host].vmstat
-        before = vm[key]
-        got, c = await shrink_lruvec_memcg(
+        got, isolated, c = await shrink_lruvec_memcg(
             mm,
             nid,
             memcg,
@@ -522,7 +529,7 @@ async def shrink_node(
             reclaim_idx=reclaim_idx,
         )
         reclaimed += got
-        scanned += vm[key] - before
+        scanned += isolated
         cost += c
         cost += await zswap_shrink_slab(mm, memcg, priority)
     for hid in node.hosts:
