@@ -126,6 +126,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _overrides(sets: list[str] | None) -> dict[str, object]:
+    """`--set KEY=VALUE` items as scenario overrides (as `tiersim run --set`)."""
+    from tiersim.orchestrator.scenario import parse_override
+
+    return dict(parse_override(item) for item in sets or [])
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare, failures, render, run_tiersim, tiersim_counters
     from .spec import load_workload
@@ -147,7 +154,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             f"(lru_gen {lru_gen}); tiersim models the active/inactive LRU: re-record it",
             file=sys.stderr,
         )
-    results = run_tiersim(w, data, guest_time=args.guest_time)
+    results = run_tiersim(w, data, guest_time=args.guest_time, overrides=_overrides(args.set))
     ts = tiersim_counters(results)
     rows = compare(data, ts, workload=w)
     kernel = data.get("kernel", {}).get("release", "?")
@@ -305,6 +312,12 @@ def register(subparsers: Any) -> None:
         default=None,
         help="pace tiersim's accesses at the guest's measured rate "
         "(default: for two-node workloads, NUMA balancing and the zswap shrinker)",
+    )
+    cmp_.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a key of the translated scenario, e.g. tunables.pcp_lists=true (repeatable)",
     )
     cmp_.add_argument("--strict", action="store_true", help="exit 1 when a checked counter is out")
     cmp_.add_argument("--quiet", action="store_true", help="no warnings")

@@ -194,12 +194,17 @@ def failures(rows: Sequence[Row]) -> list[Row]:
 
 
 def run_tiersim(
-    w: ReferenceWorkload, data: Mapping[str, Any] | None = None, *, guest_time: bool | None = None
+    w: ReferenceWorkload,
+    data: Mapping[str, Any] | None = None,
+    *,
+    guest_time: bool | None = None,
+    overrides: Mapping[str, object] | None = None,
 ) -> dict[str, Any]:
-    """Run tiersim's engine on the translated scenario; return its results document."""
+    """Run tiersim's engine on the translated scenario (with scenario keys
+    `overrides` set); return its results document."""
     from tiersim.orchestrator.engine import run
 
-    config = to_run_config(w, data, guest_time=guest_time)
+    config = to_run_config(w, data, guest_time=guest_time, overrides=overrides)
     results: dict[str, Any] = asyncio.run(run(config))
     return results
 

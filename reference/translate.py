@@ -398,11 +398,18 @@ def scenario_toml(
 
 
 def to_run_config(
-    w: ReferenceWorkload, data: Mapping[str, Any] | None = None, *, guest_time: bool | None = None
+    w: ReferenceWorkload,
+    data: Mapping[str, Any] | None = None,
+    *,
+    guest_time: bool | None = None,
+    overrides: Mapping[str, object] | None = None,
 ) -> Any:
-    """The validated RunConfig tiersim runs for `w`."""
+    """The validated RunConfig tiersim runs for `w`, with scenario keys
+    `overrides` set as `tiersim run --set` sets them."""
     from tiersim.orchestrator.scenario import loads_scenario
 
     text = scenario_toml(w, data, guest_time=guest_time)
-    scenario = loads_scenario(text, source=f"<scenario for {w.name}>")
+    scenario = loads_scenario(
+        text, source=f"<scenario for {w.name}>", overrides=dict(overrides or {})
+    )
     return scenario.variants[0]

@@ -110,3 +110,23 @@ def test_compare_warns_about_a_recording_made_on_the_multi_gen_lru(
         data.write_text(json.dumps(doc))
         assert main(["reference", "compare", "zswap-zero", "--data", str(data)]) == 0
         assert "multi-gen" not in capsys.readouterr().err
+
+
+def test_compare_sets_keys_of_the_translated_scenario(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cmp.json"
+    args = ["reference", "compare", "zswap-text", "--json", str(out)]
+
+    def zswpout() -> int:
+        rows = {r["counter"]: r for r in json.loads(out.read_text())["rows"]}
+        return int(rows["vmstat.zswpout"]["tiersim"])
+
+    assert main(args) == 0
+    assert zswpout() > 1000
+    assert main([*args, "--set", "tunables.zswap.enabled=false"]) == 0
+    assert zswpout() == 0
+    capsys.readouterr()
+    assert main([*args, "--set", "tunables.zswap.enable=false"]) == 2
+    err = capsys.readouterr().err
+    assert "tunables.zswap.enable" in err and "did you mean 'enabled'" in err
