@@ -44,7 +44,12 @@ _DIRECT_DEMOTION = (
     "`zswap-pool-limit` (`--trace vmscan:mm_vmscan_memcg_reclaim_begin/_end`) puts the "
     "guest's cgroup reclaim at 95 us a page reclaimed (996 calls, 47.4k pages) against 71 us "
     "a first touch in the same run, where tiersim charges 6.7 us for a page reclaimed into "
-    "zswap (lz4 and the scan) against 1.1 us."
+    "zswap (lz4 and the scan) against 1.1 us. The per-CPU page lists, whose pages the "
+    "watermarks do not count (`--set tunables.pcp_lists=true`), bring the DMA allocations "
+    "near the kernel's (42.5k) and direct reclaim up (61 entries, 252 pages demoted), but "
+    "kswapd then demotes 33.2k; paced by the workload's CPU time, as six later boots that "
+    "record it allow, direct reclaim demotes 2.1k (in range) while kswapd, taking 47 s of "
+    "CPU against the guest's 16-22 s, demotes 25.7k (docs/fidelity.md)."
 )
 # (workload, counter) -> why tiersim does not match; "*" as workload means every workload.
 KNOWN_GAPS: dict[tuple[str, str], str] = {
