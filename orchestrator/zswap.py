@@ -418,7 +418,13 @@ async def writeback_entry(
             zswap.stats.reject_reclaim_fail += 1
             return False, cost
         if pages.state[page] not in (PS_ZSWAP, PS_ZSWAP_DIRECT):
-            # Loaded or invalidated while the worker reclaimed for its folio.
+            # Loaded, invalidated or written back by the reclaim the folio's
+            # charge ran: the entry is gone, and so is the folio.
+            from .page_alloc import give_frames
+
+            nid, zone = memcg.writeback_folios.pop()
+            give_frames(mm, nid, zone, 1)
+            uncharge(memcg, PAGE_SIZE)
             return False, cost
         host.vmstat.inc("pgrotated")
     data = mm.page_bytes(page)

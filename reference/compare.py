@@ -61,12 +61,23 @@ INFORMATIVE = (
     "memory.events.oom_kill",
     "cgroup.memory.zswap.current",
     "cgroup.memory.current",
+    # zswap entries and swap-cached pages hold swap slots in the kernel, not in tiersim.
+    "cgroup.memory.swap.current",
+    "vmstat.pgscan_kswapd",
+    "vmstat.pgsteal_kswapd",
+    "vmstat.pgscan_direct",
+    "vmstat.pgsteal_direct",
     # CPU time of each node's kswapd (recordings since they were measured).
     "kthreads.kswapd0",
     "kthreads.kswapd1",
 )
 BYTE_COUNTERS = frozenset(
-    {"zswap.pool_total_size", "cgroup.memory.zswap.current", "cgroup.memory.current"}
+    {
+        "zswap.pool_total_size",
+        "cgroup.memory.zswap.current",
+        "cgroup.memory.current",
+        "cgroup.memory.swap.current",
+    }
 )
 # Outcomes, not counts: no tolerance (a workload the kernel killed must be killed).
 EXACT = frozenset({"workload.completed"})
