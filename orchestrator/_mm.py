@@ -234,6 +234,10 @@ class Host:
     # CPU time each kernel thread of the host took, ns, by thread name
     # ("kswapd0", "zswap_shrink"), scaled as kernel_thread_ran() scales it.
     kthread_cpu_ns: dict[str, int] = field(default_factory=dict)
+    # Swap slots held without a page written to the swap device: one per
+    # zswap entry, and one per page loaded back from zswap that stays in the
+    # swap cache (the kernel allocates the slot before zswap_store()).
+    swap_slots_held: int = 0
     # How many times slower than tiersim's CPU costs its kernel threads run.
     kernel_cpu_scale: float = 1.0
 

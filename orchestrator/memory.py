@@ -45,7 +45,7 @@ from .numa_balancing import (
     tiering_mode,
 )
 from .page_alloc import alloc_page, free_frame, take_frame
-from .swap import free_slots, swap_in, swapcache_release, swapped_in
+from .swap import free_slots, free_swap_on_write, swap_in, swapcache_release, swapped_in
 from .swap_state import swap_cache_hit, swap_vma_ra_win, swap_vma_readahead
 from .vmscan import wakeup_kswapd
 
@@ -283,9 +283,13 @@ async def handle_mm_fault(mm: Mm, proc: Process, page: int, write: bool) -> int:
         c = await do_swap_page(mm, proc, host, page)
         if c < 0:
             return -1
+        if write:
+            await free_swap_on_write(mm, page)
         return c + _access(mm, page, write)
     if pages.flags[page] & F_SWAPCACHE:
         cost += swap_cache_hit(mm, proc, host, page)
+        if write:
+            await free_swap_on_write(mm, page)
     if pages.flags[page] & F_PROTNONE:
         cost += await do_numa_page(mm, proc, host, page)
         state = pages.state[page]
@@ -527,6 +531,8 @@ async def exit_mmap(mm: Mm, proc: Process) -> None:
             if nid >= 0:
                 mm.nodes[nid].nr_pages -= 1
                 by_node.setdefault(nid, []).append(pages.handle[page])
+            else:
+                mm.hosts[memcg.host].swap_slots_held -= 1
         elif state == PS_LOST and pages.lru_id[page] >= 0:
             mm.lru.del_page(page)
         pages.state[page] = PS_UNTOUCHED

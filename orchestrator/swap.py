@@ -10,8 +10,13 @@ do_swap_page() leaves it unless swap is more than half full
 (should_try_to_free_swap(), vm_swap_full()): reclaimed again before it is
 written, it is dropped without I/O, since the slot still holds its bytes. A
 page written meanwhile is dirty: its stale slot is freed and it is swapped
-out as any other. zswap loads are exclusive, so a page from zswap is always
-dirty.
+out as any other.
+
+Every swapped-out page holds a slot: the kernel allocates it (and charges
+memory.swap.current) before zswap_store() sees the page, so a zswap entry
+holds one on the swap device too (Host.swap_slots_held), and a page loaded
+back from zswap keeps it in the swap cache, dirty (zswap loads are
+exclusive), under the same rule as a page read from the device.
 """
 
 from __future__ import annotations
@@ -80,7 +85,7 @@ async def pageout(
         cached = swapcache.get(page)
         if cached is not None:
             snid, handle, version = cached
-            if version == pages.version[page] and not mm.nodes[snid].lost:
+            if version == pages.version[page] and (snid < 0 or not mm.nodes[snid].lost):
                 # Clean, and its slot still holds it: dropped without I/O.
                 del swapcache[page]
                 if page in orig_handle:
@@ -94,6 +99,10 @@ async def pageout(
             released = swapcache_release(mm, page)
             if released is not None:
                 stale.setdefault(released[0], []).append(released[1])
+        if not get_swap_slot(mm, host):
+            # No slot: the page stays (shrink_folio_list() activates it).
+            kept.append(page)
+            continue
         if data == ZERO_PAGE:
             # The swap layer keeps zero-filled pages in its zero bitmap: no
             # zswap entry, no device write (mm/swapfile.c, since 6.12).
@@ -104,6 +113,7 @@ async def pageout(
             pages.node[page] = -1
             pages.handle[page] = 0
             memcg.swap_current += PAGE_SIZE
+            host.swap_slots_held += 1
             host.vmstat.inc("swpout_zero")
             done.append(page)
             continue
@@ -117,6 +127,12 @@ async def pageout(
                 done.append(page)
                 continue
             if not memcg.config.zswap_writeback:
+                # swap_writeout() leaves the page in the swap cache, dirty,
+                # with the slot add_to_swap() gave it.
+                if page not in swapcache:
+                    swapcache[page] = SLOT_ONLY
+                    memcg.swap_current += PAGE_SIZE
+                    host.swap_slots_held += 1
                 kept.append(page)
                 continue
         to_device.append((page, data))
@@ -155,19 +171,66 @@ def swapped_in(mm: Mm, host: Host, page: int, nid: int, got: bool, *, flags: int
     pages.flags[page] = flags
 
 
+# The swap-cache entry of a page loaded back from zswap: a slot with nothing
+# written to the device, and the page dirty (its version never matches).
+SLOT_ONLY = (-1, 0, -1)
+
+
+def _swap_space(mm: Mm, host: Host) -> tuple[int, int]:
+    """(total, free) swap slots of the host: its live swap devices' pages,
+    less those written there and those zswap entries, zero-filled pages
+    and zswap-loaded pages hold (Host.swap_slots_held)."""
+    total = used = 0
+    for snid in host.swap_nodes:
+        snode = mm.nodes[snid]
+        if not snode.lost:
+            total += snode.present_pages
+            used += snode.nr_pages
+    return total, total - used - host.swap_slots_held
+
+
+def vm_swap_full(mm: Mm, host: Host) -> bool:
+    """vm_swap_full(): less than half of the host's swap space is free."""
+    total, free = _swap_space(mm, host)
+    return free * 2 < total
+
+
+def get_swap_slot(mm: Mm, host: Host) -> bool:
+    """Can add_to_swap() give a page a slot? Not on a host whose swap
+    devices are full (their written pages and the slots held count); a host
+    without a swap device is not limited here (zswap alone, as tiersim
+    allows)."""
+    return not host.swap_nodes or _swap_space(mm, host)[1] > 0
+
+
 def swapcache_release(mm: Mm, page: int) -> tuple[int, int] | None:
     """Forget the slot a resident page kept in the swap cache.
 
     Returns (swap node, slot handle) for the caller to free on the device
-    (see free_slots), or None when the page kept none.
+    (see free_slots), or None when the page kept none or its slot held no
+    data on a device (a page loaded back from zswap).
     """
     entry = mm.swapcache.pop(page, None)
     if entry is None:
         return None
     snid, handle, _ = entry
-    mm.memcgs[mm.pages.memcg[page]].swap_current -= PAGE_SIZE
+    memcg = mm.memcgs[mm.pages.memcg[page]]
+    memcg.swap_current -= PAGE_SIZE
+    if snid < 0:
+        mm.hosts[memcg.host].swap_slots_held -= 1
+        return None
     mm.nodes[snid].nr_pages -= 1
     return snid, handle
+
+
+async def free_swap_on_write(mm: Mm, page: int) -> None:
+    """should_try_to_free_swap() on a write fault: the page is the task's
+    alone and about to change, so do_swap_page() frees its swap slot
+    (folio_free_swap()) rather than keep it in the swap cache. Freeing a slot
+    is the kernel's bookkeeping: the task is not charged for it."""
+    released = swapcache_release(mm, page)
+    if released is not None:
+        await free_slots(mm, {released[0]: [released[1]]})
 
 
 async def free_slots(mm: Mm, by_node: dict[int, list[int]]) -> int:
@@ -251,13 +314,19 @@ async def swap_in(mm: Mm, page: int, host: Host) -> tuple[bool, int]:
         raise AssertionError(f"swap_in of a page in state {state}")
     snid = pages.node[page]
     if snid < 0:
-        # A zero-filled page from the swap layer's zero bitmap: no I/O.
-        memcg.swap_current -= PAGE_SIZE
+        # A zero-filled page from the swap layer's zero bitmap: no I/O. Like
+        # a page read from the device it keeps its slot in the swap cache,
+        # clean, unless swap is more than half full.
+        if vm_swap_full(mm, host):
+            memcg.swap_current -= PAGE_SIZE
+            host.swap_slots_held -= 1
+        else:
+            mm.swapcache[page] = (-1, 0, pages.version[page])
         host.vmstat.inc("swpin_zero")
         return True, 0
     snode = mm.nodes[snid]
-    # vm_swap_full(): more than half the device in use, the slot is freed on read.
-    keep = 2 * snode.nr_pages < snode.present_pages
+    # Swap more than half full: the slot is freed on read.
+    keep = not vm_swap_full(mm, host)
     handle = pages.handle[page]
     result = await node_call(
         mm, snid, snode.client.load([handle], free_after=not keep, now_ns=mm.sched.now_ns)

@@ -284,6 +284,9 @@ async def zswap_store(
 
 
 def _account_store(mm: Mm, zswap: Zswap, page: int, memcg: Memcg, length: int) -> None:
+    # The page's swap slot, allocated before zswap_store() (add_to_swap()).
+    memcg.swap_current += PAGE_SIZE
+    mm.hosts[zswap.host].swap_slots_held += 1
     charge(memcg, length)
     memcg.zswap_current += length
     zswap.length[page] = length
@@ -300,6 +303,8 @@ async def _entry_free(mm: Mm, zswap: Zswap, page: int, memcg: Memcg) -> int:
     pages = mm.pages
     length = zswap.length.pop(page)
     zswap.lru[memcg.index].pop(page, None)
+    memcg.swap_current -= PAGE_SIZE
+    mm.hosts[zswap.host].swap_slots_held -= 1
     uncharge(memcg, length)
     memcg.zswap_current -= length
     zswap.stats.stored_pages -= 1
@@ -348,6 +353,13 @@ async def zswap_load(mm: Mm, zswap: Zswap, page: int, memcg: Memcg) -> tuple[boo
         if zs != 0xFFFF:
             cost += int(mm.costs.lz4_decompress_ns_per_byte * PAGE_SIZE)
     await _entry_free(mm, zswap, page, memcg)
+    from .swap import SLOT_ONLY, vm_swap_full
+
+    if not vm_swap_full(mm, host):
+        # The page keeps its slot in the swap cache, dirty (do_swap_page()).
+        mm.swapcache[page] = SLOT_ONLY
+        memcg.swap_current += PAGE_SIZE
+        host.swap_slots_held += 1
     host.vmstat.inc("zswpin")
     memcg.stat["zswpin"] += 1
     return True, cost
@@ -439,8 +451,9 @@ async def writeback_entry(
     await _entry_free(mm, zswap, page, memcg)
     _swapped, refused = await swap_write(mm, host, [(page, data)])
     if refused:
-        # No swap space. The kernel cannot get here (the entry's swap slot is
-        # already reserved), but a tiersim swap node can be full or gone: the
+        # The device refused the write. The kernel cannot get here (the
+        # entry's slot is reserved, as tiersim reserves it in
+        # Host.swap_slots_held), but a tiersim swap node can be gone: the
         # page goes back into the pool, whatever the watermark, so nothing is
         # lost and the pool's accounting holds.
         pages.state[page] = PS_ZSWAP

@@ -126,6 +126,52 @@ def test_shrink_worker_writes_back_through_a_charged_swap_cache_folio(simulate: 
     assert cg(doc)["memory.current"] <= 6 << 20
 
 
+def test_swapped_out_pages_hold_swap_slots_until_a_write_fault_frees_them(simulate: Any) -> None:
+    """add_to_swap() gives a page its slot before zswap_store() sees it: zswap
+    entries hold slots too (memory.swap.current). A page read back keeps its
+    slot in the swap cache; a write fault frees it (should_try_to_free_swap())."""
+    common: dict[str, Any] = {
+        "tunables__zswap__enabled": True,
+        "tunables__zswap__max_pool_percent": 50,
+        "cgroups__app__memory_max": "6MiB",
+        "workloads__w__content": "text",
+    }
+
+    def slots(doc: dict[str, Any]) -> int:
+        return int(cg(doc)["memory.swap.current"]) // 4096
+
+    def entries_and_device(doc: dict[str, Any]) -> int:
+        return zs(doc, "stored_pages") + int(doc["nodes"]["swap0"]["used_pages"])
+
+    writes = simulate(workloads__w__pattern__write_ratio=1.0, **common)
+    assert zs(writes, "stored_pages") > 1000
+    assert slots(writes) == entries_and_device(writes)
+    reads = simulate(workloads__w__pattern__write_ratio=0.0, **common)
+    assert vm(reads, "zswpin") > 1000
+    # Pages loaded back from zswap and not written keep their slots.
+    assert entries_and_device(reads) < slots(reads)
+    assert slots(reads) <= entries_and_device(reads) + vm(reads, "zswpin")
+
+
+def test_a_full_swap_device_leaves_no_slot_for_zswap_either(simulate: Any) -> None:
+    """add_to_swap() fails once every slot is taken and zswap_store() never
+    sees the page: with a 1 MiB swap device (256 slots) the pool holds at
+    most 256 entries, reclaim runs out of pages to swap, and the cgroup's
+    OOM killer ends the task, which completes with the slots it needs."""
+    knobs: dict[str, Any] = {
+        "tunables__zswap__enabled": True,
+        "tunables__zswap__max_pool_percent": 50,
+        "cgroups__app__memory_max": "6MiB",
+        "workloads__w__content": "text",
+    }
+    small = simulate(nodes__swap0__capacity="1MiB", **knobs)
+    assert vm(small, "zswpout") > 200
+    assert vm(small, "zswpout") - vm(small, "zswpin") - vm(small, "zswpwb") <= 256
+    assert small["workloads"]["w"]["killed"] == "memcg oom"
+    roomy = simulate(**knobs)
+    assert roomy["workloads"]["w"]["killed"] is None
+
+
 def test_zsmalloc_pool_is_compacted_by_global_reclaim_only(simulate: Any) -> None:
     """zsmalloc's shrinker is not memcg-aware: kswapd compacts, limit reclaim never does."""
     glob = simulate(tunables__zswap__enabled=True, tunables__zswap__max_pool_percent=50)
