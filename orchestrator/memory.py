@@ -45,7 +45,14 @@ from .numa_balancing import (
     tiering_mode,
 )
 from .page_alloc import alloc_page, free_frame, take_frame
-from .swap import free_slots, free_swap_on_write, swap_in, swapcache_release, swapped_in
+from .swap import (
+    free_slots,
+    free_swap_on_write,
+    put_swap_slot,
+    swap_in,
+    swapcache_release,
+    swapped_in,
+)
 from .swap_state import swap_cache_hit, swap_vma_ra_win, swap_vma_readahead
 from .vmscan import wakeup_kswapd
 
@@ -527,12 +534,12 @@ async def exit_mmap(mm: Mm, proc: Process) -> None:
             zswap = mm.zswap_of_page(page)
             await zswap_invalidate(mm, zswap, page)
         elif state == PS_SWAP:
-            memcg.swap_current -= PAGE_SIZE
             if nid >= 0:
+                memcg.swap_current -= PAGE_SIZE
                 mm.nodes[nid].nr_pages -= 1
                 by_node.setdefault(nid, []).append(pages.handle[page])
             else:
-                mm.hosts[memcg.host].swap_slots_held -= 1
+                put_swap_slot(mm.hosts[memcg.host], memcg)
         elif state == PS_LOST and pages.lru_id[page] >= 0:
             mm.lru.del_page(page)
         pages.state[page] = PS_UNTOUCHED

@@ -31,7 +31,7 @@ from .migrate import node_call
 from .page_alloc import free_frame
 
 if TYPE_CHECKING:
-    from ._mm import Host, Mm
+    from ._mm import Host, Memcg, Mm
 
 PAGE_SIZE = 4096
 ZERO_PAGE = bytes(PAGE_SIZE)
@@ -112,8 +112,7 @@ async def pageout(
             pages.state[page] = PS_SWAP
             pages.node[page] = -1
             pages.handle[page] = 0
-            memcg.swap_current += PAGE_SIZE
-            host.swap_slots_held += 1
+            hold_swap_slot(host, memcg)
             host.vmstat.inc("swpout_zero")
             done.append(page)
             continue
@@ -131,8 +130,7 @@ async def pageout(
                 # with the slot add_to_swap() gave it.
                 if page not in swapcache:
                     swapcache[page] = SLOT_ONLY
-                    memcg.swap_current += PAGE_SIZE
-                    host.swap_slots_held += 1
+                    hold_swap_slot(host, memcg)
                 kept.append(page)
                 continue
         to_device.append((page, data))
@@ -176,6 +174,20 @@ def swapped_in(mm: Mm, host: Host, page: int, nid: int, got: bool, *, flags: int
 SLOT_ONLY = (-1, 0, -1)
 
 
+def hold_swap_slot(host: Host, memcg: Memcg) -> None:
+    """A slot taken with no page written to the swap device (a zswap entry,
+    a zero-filled page, a page kept in the swap cache without data there),
+    charged to memory.swap.current."""
+    memcg.swap_current += PAGE_SIZE
+    host.swap_slots_held += 1
+
+
+def put_swap_slot(host: Host, memcg: Memcg) -> None:
+    """Give back a slot hold_swap_slot() took."""
+    memcg.swap_current -= PAGE_SIZE
+    host.swap_slots_held -= 1
+
+
 def _swap_space(mm: Mm, host: Host) -> tuple[int, int]:
     """(total, free) swap slots of the host: its live swap devices' pages,
     less those written there and those zswap entries, zero-filled pages
@@ -215,10 +227,10 @@ def swapcache_release(mm: Mm, page: int) -> tuple[int, int] | None:
         return None
     snid, handle, _ = entry
     memcg = mm.memcgs[mm.pages.memcg[page]]
-    memcg.swap_current -= PAGE_SIZE
     if snid < 0:
-        mm.hosts[memcg.host].swap_slots_held -= 1
+        put_swap_slot(mm.hosts[memcg.host], memcg)
         return None
+    memcg.swap_current -= PAGE_SIZE
     mm.nodes[snid].nr_pages -= 1
     return snid, handle
 
@@ -318,8 +330,7 @@ async def swap_in(mm: Mm, page: int, host: Host) -> tuple[bool, int]:
         # a page read from the device it keeps its slot in the swap cache,
         # clean, unless swap is more than half full.
         if vm_swap_full(mm, host):
-            memcg.swap_current -= PAGE_SIZE
-            host.swap_slots_held -= 1
+            put_swap_slot(host, memcg)
         else:
             mm.swapcache[page] = (-1, 0, pages.version[page])
         host.vmstat.inc("swpin_zero")

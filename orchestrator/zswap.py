@@ -45,6 +45,7 @@ from .memcontrol import charge, uncharge
 from .migrate import node_call
 from .page_alloc import MAX_RECLAIM_RETRIES
 from .shrinker import do_shrink_slab
+from .swap import SLOT_ONLY, hold_swap_slot, put_swap_slot, swap_write, vm_swap_full
 from .vmscan import kernel_thread_ran
 from .zsmalloc import ZsPool
 
@@ -285,8 +286,7 @@ async def zswap_store(
 
 def _account_store(mm: Mm, zswap: Zswap, page: int, memcg: Memcg, length: int) -> None:
     # The page's swap slot, allocated before zswap_store() (add_to_swap()).
-    memcg.swap_current += PAGE_SIZE
-    mm.hosts[zswap.host].swap_slots_held += 1
+    hold_swap_slot(mm.hosts[zswap.host], memcg)
     charge(memcg, length)
     memcg.zswap_current += length
     zswap.length[page] = length
@@ -303,8 +303,7 @@ async def _entry_free(mm: Mm, zswap: Zswap, page: int, memcg: Memcg) -> int:
     pages = mm.pages
     length = zswap.length.pop(page)
     zswap.lru[memcg.index].pop(page, None)
-    memcg.swap_current -= PAGE_SIZE
-    mm.hosts[zswap.host].swap_slots_held -= 1
+    put_swap_slot(mm.hosts[zswap.host], memcg)
     uncharge(memcg, length)
     memcg.zswap_current -= length
     zswap.stats.stored_pages -= 1
@@ -353,13 +352,10 @@ async def zswap_load(mm: Mm, zswap: Zswap, page: int, memcg: Memcg) -> tuple[boo
         if zs != 0xFFFF:
             cost += int(mm.costs.lz4_decompress_ns_per_byte * PAGE_SIZE)
     await _entry_free(mm, zswap, page, memcg)
-    from .swap import SLOT_ONLY, vm_swap_full
-
     if not vm_swap_full(mm, host):
         # The page keeps its slot in the swap cache, dirty (do_swap_page()).
         mm.swapcache[page] = SLOT_ONLY
-        memcg.swap_current += PAGE_SIZE
-        host.swap_slots_held += 1
+        hold_swap_slot(host, memcg)
     host.vmstat.inc("zswpin")
     memcg.stat["zswpin"] += 1
     return True, cost
@@ -418,8 +414,6 @@ async def writeback_entry(
     folio's charge past memory.max (PF_MEMALLOC) and the same reclaim drops
     it again once written; tiersim leaves that folio out.
     """
-    from .swap import swap_write
-
     host = mm.hosts[zswap.host]
     pages = mm.pages
     cost = 0
