@@ -50,7 +50,8 @@ class CpuCosts:
     lz4_compress_ns_per_byte: float = 6_600 / 4096
     lz4_decompress_ns_per_byte: float = 1_300 / 4096
     memcpy_ns_per_byte: float = 0.1  # ~10 GB/s: zsmalloc compaction's object copies
-    reclaim_scan_ns: int = 100  # per page scanned on an LRU
+    reclaim_scan_ns: int = 100  # per page isolated off an LRU for reclaim
+    reclaim_skip_ns: int = 10  # per page passed over for its zone (a list move)
 
 
 @dataclass
@@ -240,6 +241,8 @@ class Host:
     swap_slots_held: int = 0
     # How many times slower than tiersim's CPU costs its kernel threads run.
     kernel_cpu_scale: float = 1.0
+    # The costs its kernel threads pay (HostConfig.kthread_costs over CpuCosts).
+    kthread_costs: CpuCosts = field(default_factory=CpuCosts)
 
 
 class Mm:
@@ -250,7 +253,10 @@ class Mm:
         self.tunables: Tunables = config.tunables
         self.sched = sched
         self.rng = random.Random(config.seed)
-        self.costs = CpuCosts()
+        self.task_costs = CpuCosts()
+        # The host whose kernel thread (kswapd, the zswap shrinker) does the
+        # work that runs now, or None for a task's: whose costs apply.
+        self.kthread: int | None = None
         self.nodes: list[Numa] = []
         self.hosts: list[Host] = []
         self.memcgs: list[Memcg] = []
@@ -277,6 +283,13 @@ class Mm:
         # Resident pages read from a swap device that keep their slot (the swap
         # cache): page -> (swap node, slot handle, page version when read).
         self.swapcache: dict[int, tuple[int, int, int]] = {}
+
+    @property
+    def costs(self) -> CpuCosts:
+        """The CPU costs of the work running now: its host's kernel-thread
+        costs while a kernel thread runs (Host.kthread_costs), the tasks'
+        otherwise."""
+        return self.task_costs if self.kthread is None else self.hosts[self.kthread].kthread_costs
 
     @property
     def finished(self) -> bool:

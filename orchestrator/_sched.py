@@ -46,7 +46,11 @@ class Scheduler:
         return self._heap[0].time_ns if self._heap else None
 
     async def run_until(self, end_ns: int, stop: Callable[[], bool] = lambda: False) -> None:
-        """Run events in order until simulated `end_ns`, the heap empties or `stop()`."""
+        """Run events in order until simulated `end_ns`, the heap empties or `stop()`.
+
+        Time ends at `end_ns`, unless `stop()` ended the run first: then it
+        ends at the last event's time (a run whose processes are all done
+        lasted until the last of them finished)."""
         while self._heap and not stop():
             ev = self._heap[0]
             if ev.time_ns > end_ns:
@@ -57,4 +61,5 @@ class Scheduler:
             self.now_ns = ev.time_ns
             self.events_run += 1
             await ev.handler()
-        self.now_ns = max(self.now_ns, min(end_ns, self.now_ns if self._heap else end_ns))
+        if not stop():
+            self.now_ns = max(self.now_ns, min(end_ns, self.now_ns if self._heap else end_ns))

@@ -28,6 +28,10 @@ class HostConfig:
     # How many times slower than tiersim's CPU costs (CpuCosts) this host runs
     # its kernel threads' work (kswapd): 1 for the hardware the costs describe.
     kernel_cpu_scale: float = 1.0
+    # CpuCosts fields its kernel threads (kswapd, the zswap shrinker) pay
+    # instead of tiersim's defaults, as (name, value): a machine whose kinds
+    # of kernel work are slowed by different factors (an emulated guest).
+    kthread_costs: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ node stops the run), then collect the results document.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,7 +25,7 @@ from tiersim.nodes._grpc_client import GrpcNodeClient
 from tiersim.nodes._local import LocalNodeClient
 from tiersim.nodes._types import NodeKind
 
-from ._mm import PAGE_SIZE, Host, Memcg, Mm, Numa, Process
+from ._mm import PAGE_SIZE, CpuCosts, Host, Memcg, Mm, Numa, Process
 from ._observe import SAMPLED_VMSTAT, results_extra, sample_extra
 from ._pages import STATE_NAMES
 from ._sched import Scheduler
@@ -118,6 +119,15 @@ def _perf(node: Numa) -> MemoryPerf:
     lat = node.info.latency
     bw = lat.bandwidth_bytes_per_sec // 1_000_000 or 1
     return MemoryPerf(node.read_ns, node.write_ns, bw, bw)
+
+
+def kthread_costs(overrides: tuple[tuple[str, float], ...]) -> CpuCosts:
+    """tiersim's CPU costs with a host's kernel-thread values written in."""
+    base = CpuCosts()
+    values: dict[str, Any] = {}
+    for name, value in overrides:
+        values[name] = int(value) if isinstance(getattr(base, name), int) else float(value)
+    return dataclasses.replace(base, **values)
 
 
 class Simulation:
@@ -230,6 +240,7 @@ class Simulation:
                 name=hcfg.name,
                 cpus=hcfg.cpus,
                 kernel_cpu_scale=hcfg.kernel_cpu_scale,
+                kthread_costs=kthread_costs(hcfg.kthread_costs),
                 nodes=[n.id for n in ba],
                 cpu_nodes=[n.id for n in dram],
                 swap_nodes=[n.id for n in mine if n.kind == NodeKind.STORAGE],

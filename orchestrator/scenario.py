@@ -37,6 +37,7 @@ from typing import Any, NoReturn, cast
 
 from tiersim._errors import ConfigError
 from tiersim._units import PAGE_SIZE, format_ns, format_size, parse_duration_ns, parse_size
+from tiersim.orchestrator._mm import CpuCosts
 from tiersim.orchestrator.config import (
     CgroupConfig,
     ChargeMode,
@@ -165,7 +166,12 @@ SCHEMA: dict[str, Any] = {
         "exclusive",
     ),
     "policy": {"name": LEAF, "options": FREE},
-    "hosts": _ListOf(_leaves("name", "cpus", "total_ram", "kernel_cpu_scale")),
+    "hosts": _ListOf(
+        {
+            **_leaves("name", "cpus", "total_ram", "kernel_cpu_scale"),
+            "kthread_costs": _leaves(*(f.name for f in fields(CpuCosts))),
+        }
+    ),
     "nodes": _ListOf(
         {
             **_leaves(
@@ -1030,9 +1036,16 @@ class _RunBuilder:
                 cpus=self.integer(entry, at, "cpus", 4, lo=1),
                 total_ram=self.size(entry, at, "total_ram", None, positive=True),
                 kernel_cpu_scale=self.number(entry, at, "kernel_cpu_scale", 1.0, lo=1.0),
+                kthread_costs=self.kthread_costs(entry, at),
             )
             for at, entry in self.entries("hosts")
         )
+
+    def kthread_costs(self, entry: Mapping[str, Any], at: _At) -> tuple[tuple[str, float], ...]:
+        """A host's kernel-thread costs: CpuCosts fields, non-negative numbers."""
+        table = self.table(entry, at, "kthread_costs")
+        where = at / "kthread_costs"
+        return tuple((key, self.number(table, where, key)) for key in sorted(table))
 
     def nodes(self, hosts: Sequence[HostConfig]) -> tuple[NodeConfig, ...]:
         self.unique_names("nodes", "node")

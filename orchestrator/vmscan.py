@@ -122,7 +122,9 @@ async def shrink_inactive_list(
     host.vmstat.inc("pgscan_kswapd" if kswapd else "pgscan_direct", looked)
     if not batch:
         return 0, 0, 0, 0
-    cost = len(batch) * mm.costs.reclaim_scan_ns
+    # The pages skipped for their zone cost a list move each.
+    costs = mm.costs
+    cost = len(batch) * costs.reclaim_scan_ns + (looked - len(batch)) * costs.reclaim_skip_ns
     got, c, nr_pageout = await shrink_folio_list(
         mm, batch, nid, host, inactive, active, kswapd=kswapd, memcg_reclaim=memcg_reclaim
     )
@@ -610,9 +612,13 @@ def balance_pgdat(mm: Mm, nid: int, highest_zoneidx: int) -> None:
             finish(True)
             return
         nr_to_reclaim = kswapd_target(mm, nid, reclaim_idx)
-        reclaimed, scanned, cost = await shrink_node(
-            mm, nid, priority, reclaim_idx, nr_to_reclaim, kswapd=True
-        )
+        mm.kthread = node.hosts[0]  # its work pays the host's kernel-thread costs
+        try:
+            reclaimed, scanned, cost = await shrink_node(
+                mm, nid, priority, reclaim_idx, nr_to_reclaim, kswapd=True
+            )
+        finally:
+            mm.kthread = None
         run_reclaimed += reclaimed
         if scanned < nr_to_reclaim or not reclaimed:
             priority -= 1

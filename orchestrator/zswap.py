@@ -554,9 +554,13 @@ def start_shrink_worker(mm: Mm, zswap: Zswap) -> None:
             return
         idx = memcgs[zswap.next_memcg % len(memcgs)]
         zswap.next_memcg += 1
-        status, _, cost = await shrink_memcg_walk(
-            mm, zswap, idx, SHRINK_MEMCG_WALK_WORKER, worker=True
-        )
+        mm.kthread = zswap.host  # a kernel thread's work: its host's costs
+        try:
+            status, _, cost = await shrink_memcg_walk(
+                mm, zswap, idx, SHRINK_MEMCG_WALK_WORKER, worker=True
+            )
+        finally:
+            mm.kthread = None
         # Its CPU work, shared with the host's processes (the writes it
         # starts are not waited for).
         cost = kernel_thread_ran(mm, [zswap.host], cost, thread="zswap_shrink")

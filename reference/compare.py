@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .image import CGROUP_NAME, HOST_NAME, WORKLOAD_NAME
+from .kthread_costs import KthreadCosts
 from .spec import PAGE_SIZE, ReferenceWorkload
 from .translate import to_run_config
 
@@ -210,12 +211,15 @@ def run_tiersim(
     *,
     guest_time: bool | None = None,
     overrides: Mapping[str, object] | None = None,
+    kthread_costs: KthreadCosts | None = None,
 ) -> dict[str, Any]:
     """Run tiersim's engine on the translated scenario (with scenario keys
     `overrides` set); return its results document."""
     from tiersim.orchestrator.engine import run
 
-    config = to_run_config(w, data, guest_time=guest_time, overrides=overrides)
+    config = to_run_config(
+        w, data, guest_time=guest_time, overrides=overrides, kthread_costs=kthread_costs
+    )
     results: dict[str, Any] = asyncio.run(run(config))
     return results
 

@@ -17,39 +17,28 @@ from pathlib import Path
 from typing import Any
 
 from .compare import Row, compare, run_tiersim, tiersim_counters
+from .kthread_costs import library_kthread_costs
 from .spec import data_dir, library, load_workload
 
 _DIRECT_DEMOTION = (
     "With the guest's zones (a 3.8k-page DMA zone beside DMA32 on node 0), watermark "
-    "boosting, kswapd paced as in the guest, zswap's pool allocated from the reserves as "
-    "reclaim allocates it, and direct reclaim walking the priorities over both nodes "
-    "(do_try_to_free_pages()), zswpout, zswpin, the pool, kswapd's demotions (47.0k against "
-    "41.5-55.3k) and runs (275 against 234-455) and the demotions that fail for want of a "
-    "frame (pgmigrate_fail 1,427 against 1,342-1,925) agree, but direct reclaim demotes 16 "
-    "pages against the kernel's 1.0-2.4k: tiersim enters it 9 times, the kernel 123-240 "
-    "times, as tiersim's kswapd keeps the nodes above their min watermarks more of the time. "
-    "A tracepoint run (`--trace vmscan:mm_vmscan_direct_reclaim_begin/_end`) shows the "
-    "workload in direct reclaim 162 times for 4.5 s of the 38.8 s run, 41 pages and 28 ms a "
-    "call: 675 us a page against 108 us a first touch. "
-    "tiersim also serves more allocations from the DMA zone (65k against 25-41k) and skips "
-    "more DMA32 pages for it (1.1M against 0.23-0.46M). Sharing the guest's one vCPU among "
-    "both nodes' kswapd and the workload, as CFS would, brings those into range (23.5k, "
-    "0.2M) but leaves kswapd too slow: 18.7k demotions, and direct reclaim demotes 4.9k "
-    "(tried, not kept). The pacing counts kswapd twice, too: the guest's time per access "
-    "already holds the CPU its kswapd took, and tiersim sets the process back by its own "
-    "kswapd's CPU time on top; without that second charge kswapd falls behind (demotions "
-    "8.0k against 11.3-17.7k in `demotion`, 10.3k here; tried, not kept). kswapd's CPU cost, "
-    "scaled by the guest's first-touch speed (`kernel_cpu_scale`), and the pacing are the "
-    "calibration to redo together: a tracepoint run of "
-    "`zswap-pool-limit` (`--trace vmscan:mm_vmscan_memcg_reclaim_begin/_end`) puts the "
-    "guest's cgroup reclaim at 95 us a page reclaimed (996 calls, 47.4k pages) against 71 us "
-    "a first touch in the same run, where tiersim charges 6.7 us for a page reclaimed into "
-    "zswap (lz4 and the scan) against 1.1 us. The per-CPU page lists, whose pages the "
-    "watermarks do not count (`--set tunables.pcp_lists=true`), bring the DMA allocations "
-    "near the kernel's (42.5k) and direct reclaim up (61 entries, 252 pages demoted), but "
-    "kswapd then demotes 33.2k; paced by the workload's CPU time, as six later boots that "
-    "record it allow, direct reclaim demotes 2.1k (in range) while kswapd, taking 47 s of "
-    "CPU against the guest's 16-22 s, demotes 25.7k (docs/fidelity.md)."
+    "boosting, zswap's pool allocated from the reserves as reclaim allocates it, direct "
+    "reclaim walking the priorities over both nodes (do_try_to_free_pages()), the workload "
+    "paced by its own CPU time and kswapd priced per page as the guest's CPU times measure it "
+    "(`kthread_costs`: 95.5 us a page demoted, 168 us a page swapped out, 0.44 us a page "
+    "scanned), zswpout, zswpin, the pool, kswapd's demotions (48.4k against 41.5-55.3k) and "
+    "its CPU time (11.2 s and 8.1 s against 7.7-10.8 s and 8.0-11.5 s) agree, but direct "
+    "reclaim demotes 29 pages against the kernel's 0.9-2.5k: tiersim enters it 26 times, the "
+    "kernel 122-246 times (a tracepoint run, `--trace "
+    "vmscan:mm_vmscan_direct_reclaim_begin/_end`: 162 entries, 41 pages and 28 ms a call, "
+    "4.5 s of a 38.8 s run). What differs is where node 0's allocations go, not kswapd's "
+    "speed: tiersim's fall back to node 1 less (numa_miss 23.7k against 38.4-57.3k) and to "
+    "the DMA zone more (pgalloc_dma 65.7k against 25.1-40.8k), and its kswapd passes over "
+    "2-3 times the DMA32 pages the guest's does (pgscan_kswapd 1.5M against 0.49-0.79M). "
+    "The per-CPU page lists (`--set tunables.pcp_lists=true`) raise direct reclaim to 97 "
+    "pages; handing kswapd's freed pages back batch by batch as its CPU time passes made "
+    "kswapd more effective, not less (63.7k demotions, none direct; tried, not kept; "
+    "docs/fidelity.md)."
 )
 # (workload, counter) -> why tiersim does not match; "*" as workload means every workload.
 KNOWN_GAPS: dict[tuple[str, str], str] = {
@@ -82,12 +71,13 @@ def fidelity_rows(
 ) -> list[tuple[str, dict[str, Any], list[Row]]]:
     """Run tiersim on each recorded library workload; (name, recording, rows)."""
     out = []
+    costs = library_kthread_costs(directory)
     for name in names or sorted(library()):
         data = load_recording(name, directory)
         if data is None:
             continue
         w = load_workload(name)
-        results = run_tiersim(w, data)
+        results = run_tiersim(w, data, kthread_costs=costs)
         rows = compare(data, tiersim_counters(results), workload=w)
         out.append((name, data, rows))
     return out

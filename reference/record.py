@@ -334,9 +334,10 @@ def merge(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
     Both must record the same workload file on the same kernel release. A
     counter a recording lacks was zero in all of its runs (see aggregate()).
     Per-run data the older one did not record (the zones) is left empty for
-    its runs; CPU times (``workload.cpu_ns``, ``kthreads.*``) that only one of
-    them measured are dropped, and ``guest.progress_cpu_ns`` keeps the runs
-    that have it.
+    its runs. CPU times (``workload.cpu_ns``, ``kthreads.*``) are not zero
+    where they were not measured: they keep the values of the runs that
+    measured them, in order, as ``guest.progress_cpu_ns`` does, so the two
+    stay aligned run by run.
     """
     for key in ("schema", "workload", "workload_sha256"):
         if old.get(key) != new.get(key):
@@ -357,26 +358,22 @@ def merge(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
         )
     n_old, n_new = int(old["runs"]), int(new["runs"])
 
+    def cpu_time(k: str) -> bool:
+        return k == "workload.cpu_ns" or k.startswith("kthreads.")
+
     def joined(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
         out = {}
         for k in sorted(set(a) | set(b)):
-            va = list(a[k]["values"]) if k in a else [0] * n_old
-            vb = list(b[k]["values"]) if k in b else [0] * n_new
+            # A counter a recording lacks was zero in its runs; a CPU time it
+            # lacks was not measured there: only the measuring runs count.
+            va = list(a[k]["values"]) if k in a else [] if cpu_time(k) else [0] * n_old
+            vb = list(b[k]["values"]) if k in b else [] if cpu_time(k) else [0] * n_new
             out[k] = _range(va + vb)
         return out
 
-    def cpu_times(counters: Mapping[str, Any]) -> set[str]:
-        return {k for k in counters if k == "workload.cpu_ns" or k.startswith("kthreads.")}
-
-    old_counters, new_counters = dict(old["counters"]), dict(new["counters"])
-    if bool(cpu_times(old_counters)) != bool(cpu_times(new_counters)):
-        # CPU times that one recording did not measure are not zero: dropped.
-        for counters in (old_counters, new_counters):
-            for k in cpu_times(counters):
-                del counters[k]
     doc = dict(new)
     doc["runs"] = n_old + n_new
-    doc["counters"] = joined(old_counters, new_counters)
+    doc["counters"] = joined(old["counters"], new["counters"])
     og, ng = old["guest"], new["guest"]
     guest = dict(ng)
     guest["meminfo"] = joined(og.get("meminfo", {}), ng.get("meminfo", {}))

@@ -33,6 +33,15 @@ What is calibrated from a recording, when one is given:
   time. With ``guest_time`` the accesses get a fixed think time so that the
   simulated run lasts as long as the guest's workload did, stretch by stretch
   where the recording holds the guest's clock readings (``think_schedule``).
+  Where the recording also holds the workload's own CPU time at those
+  readings (``guest.progress_cpu_ns``), the pace is that CPU time: the
+  guest's clock also counts the time its kswapd took the one vCPU, which
+  tiersim's own kswapd takes from the simulated process again.
+* Kernel threads' costs. Paced by CPU time, the guest host gets
+  ``kthread_costs``: kswapd's cost per page scanned, demoted and swapped
+  out, fitted over the library's recordings that measured its CPU time
+  (kthread_costs.py). Without them, kswapd's work is scaled by the guest's
+  first-touch speed (``kernel_cpu_scale``).
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ from tiersim._units import parse_size
 from tiersim.orchestrator._mm import CpuCosts
 
 from .image import CGROUP_NAME, HOST_NAME, WORKLOAD_NAME
+from .kthread_costs import KthreadCosts, library_kthread_costs
 from .spec import PAGE_SIZE, ReferenceWorkload
 from .zones import zones_of_run
 
@@ -130,6 +140,18 @@ def guest_think_ns(w: ReferenceWorkload, data: Mapping[str, Any] | None) -> int 
     return int(sum(values) / len(values) / accesses)
 
 
+def cpu_readings(data: Mapping[str, Any] | None) -> tuple[list[list[int]], list[int]] | None:
+    """The workload's own CPU time at each clock reading, per run that
+    measured it, and at its end: (readings, ends); None without them."""
+    if not data:
+        return None
+    runs = data.get("guest", {}).get("progress_cpu_ns") or []
+    ends = data.get("counters", {}).get("workload.cpu_ns", {}).get("values") or []
+    if not runs or len(runs) != len(ends) or len({len(r) for r in runs}) != 1:
+        return None
+    return [list(map(int, r)) for r in runs], [int(v) for v in ends]
+
+
 def kernel_cpu_scale(w: ReferenceWorkload, data: Mapping[str, Any] | None) -> float | None:
     """How many times slower the guest runs kernel work than tiersim's CPU costs.
 
@@ -163,7 +185,9 @@ def guest_think_schedule(
     readings, averaged over the runs, is spread evenly over that stretch's
     accesses: under TCG a first-touch store costs the guest far more than a
     later read, and a uniform pace would stretch the reads' phase -- the one
-    the NUMA scanner acts in -- by the stores' cost.
+    the NUMA scanner acts in -- by the stores' cost. The time is the
+    workload's own CPU time where the recording has it (cpu_readings()),
+    its clock's otherwise.
     """
     if not data:
         return None
@@ -174,6 +198,9 @@ def guest_think_schedule(
         return None
     every = int(progress["every"])
     runs = [list(map(int, v)) for v in progress["values"]]
+    cpu = cpu_readings(data)
+    if cpu is not None:
+        runs, elapsed = cpu
     if every <= 0 or len(runs) != len(elapsed) or len({len(r) for r in runs}) != 1:
         return None
     marks = [[*r, int(end)] for r, end in zip(runs, elapsed, strict=True)]
@@ -228,9 +255,16 @@ def use_guest_time(w: ReferenceWorkload, guest_time: bool | None) -> bool:
 
 
 def to_scenario(
-    w: ReferenceWorkload, data: Mapping[str, Any] | None = None, *, guest_time: bool | None = None
+    w: ReferenceWorkload,
+    data: Mapping[str, Any] | None = None,
+    *,
+    guest_time: bool | None = None,
+    kthread_costs: KthreadCosts | None = None,
 ) -> dict[str, Any]:
-    """The tiersim scenario (as a dict in the scenario file format) for `w`."""
+    """The tiersim scenario (as a dict in the scenario file format) for `w`;
+    `kthread_costs` are the guest's (default: fitted over the library)."""
+    if kthread_costs is None:
+        kthread_costs = library_kthread_costs()
     caps = node_capacities(w, data)
     zones = node_zones(w, data)
     nodes: list[dict[str, Any]] = []
@@ -281,9 +315,14 @@ def to_scenario(
     ram = total_ram(data, caps)
     if ram is not None:
         host["total_ram"] = _size(ram)
-    scale = kernel_cpu_scale(w, data) if use_guest_time(w, guest_time) and w.tiered else None
-    if scale is not None:
-        host["kernel_cpu_scale"] = scale
+    if use_guest_time(w, guest_time) and w.tiered:
+        costs = kthread_costs if cpu_readings(data) is not None else None
+        if costs is not None:
+            host["kthread_costs"] = costs.scenario_costs()
+        else:
+            scale = kernel_cpu_scale(w, data)
+            if scale is not None:
+                host["kernel_cpu_scale"] = scale
 
     def room(limit: int | None) -> int | None:
         return None if limit is None else max(PAGE_SIZE, limit - base)
@@ -391,10 +430,15 @@ def dumps_toml(doc: Mapping[str, Any]) -> str:
 
 
 def scenario_toml(
-    w: ReferenceWorkload, data: Mapping[str, Any] | None = None, *, guest_time: bool | None = None
+    w: ReferenceWorkload,
+    data: Mapping[str, Any] | None = None,
+    *,
+    guest_time: bool | None = None,
+    kthread_costs: KthreadCosts | None = None,
 ) -> str:
     head = f"# tiersim scenario for reference workload {w.name!r} (tiersim reference scenario)\n"
-    return head + dumps_toml(to_scenario(w, data, guest_time=guest_time))
+    scenario = to_scenario(w, data, guest_time=guest_time, kthread_costs=kthread_costs)
+    return head + dumps_toml(scenario)
 
 
 def to_run_config(
@@ -403,12 +447,13 @@ def to_run_config(
     *,
     guest_time: bool | None = None,
     overrides: Mapping[str, object] | None = None,
+    kthread_costs: KthreadCosts | None = None,
 ) -> Any:
     """The validated RunConfig tiersim runs for `w`, with scenario keys
     `overrides` set as `tiersim run --set` sets them."""
     from tiersim.orchestrator.scenario import loads_scenario
 
-    text = scenario_toml(w, data, guest_time=guest_time)
+    text = scenario_toml(w, data, guest_time=guest_time, kthread_costs=kthread_costs)
     scenario = loads_scenario(
         text, source=f"<scenario for {w.name}>", overrides=dict(overrides or {})
     )

@@ -218,3 +218,43 @@ def test_kernel_cpu_scale_below_one_is_refused() -> None:
     with pytest.raises(ConfigError) as info:
         loads_scenario(ZONED.replace("cpus = 1", "cpus = 1\nkernel_cpu_scale = 0.5"))
     assert info.value.key == "hosts.guest.kernel_cpu_scale"
+
+
+def test_kswapd_pays_its_hosts_kernel_thread_costs() -> None:
+    """hosts.kthread_costs price kswapd's work, not the process's own."""
+    base = run_text(ZONED)[0]
+    same = run_text(
+        ZONED.replace("cpus = 1", "cpus = 1\nkthread_costs = { migrate_page_ns = 1000 }")
+    )
+    # The default value written out changes nothing.
+    assert same[0]["hosts"] == base["hosts"]
+    slow = run_text(
+        ZONED.replace("cpus = 1", "cpus = 1\nkthread_costs = { migrate_page_ns = 100000 }")
+    )[0]
+    (host_base,) = base["hosts"].values()
+    (host_slow,) = slow["hosts"].values()
+    per_page = [
+        h["kthreads"]["kswapd0"] / h["vmstat"]["pgdemote_kswapd"] for h in (host_base, host_slow)
+    ]
+    # 100 us a demotion instead of 1 us: kswapd's CPU per page follows.
+    assert per_page[0] < 10_000
+    assert per_page[1] > per_page[0] + 90_000
+    assert _workload_ns(slow) > _workload_ns(base)
+
+
+def test_kernel_thread_costs_are_checked() -> None:
+    with pytest.raises(ConfigError) as info:
+        loads_scenario(ZONED.replace("cpus = 1", "cpus = 1\nkthread_costs = { migrate_ns = 5 }"))
+    assert info.value.key == "hosts.guest.kthread_costs.migrate_ns"
+    assert "migrate_page_ns" in info.value.message
+    with pytest.raises(ConfigError) as info:
+        loads_scenario(
+            ZONED.replace("cpus = 1", "cpus = 1\nkthread_costs = { reclaim_scan_ns = -1 }")
+        )
+    assert info.value.key == "hosts.guest.kthread_costs.reclaim_scan_ns"
+
+
+def test_a_run_whose_processes_finish_ends_with_the_last_of_them() -> None:
+    doc = run_text(ZONED)[0]
+    assert doc["completed"]
+    assert doc["sim_time_ns"] == _workload_ns(doc) < doc["duration_ns"]

@@ -148,12 +148,14 @@ def test_append_merges_runs_and_refuses_another_kernel() -> None:
     assert doc["counters"]["vmstat.pgdemote_kswapd"] == {"min": 0, "max": 3, "values": [0, 0, 3]}
     assert [bool(z) for z in doc["guest"]["zones"]] == [False, False, True]
     assert len(doc["guest"]["progress_ns"]["values"]) == 3
-    # CPU times the older runs did not measure are dropped, not taken as zero.
+    # CPU times the older runs did not measure are not taken as zero: they
+    # hold the measuring runs' values, aligned with their clock readings.
     new["counters"]["workload.cpu_ns"] = {"min": 4, "max": 4, "values": [4]}
     new["guest"]["progress_cpu_ns"] = [[0, 60]]
     doc = merge(old, new)
-    assert "workload.cpu_ns" not in doc["counters"]
+    assert doc["counters"]["workload.cpu_ns"]["values"] == [4]
     assert doc["guest"]["progress_cpu_ns"] == [[0, 60]]
+    assert merge(doc, new)["counters"]["workload.cpu_ns"]["values"] == [4, 4]
     assert merge(new, new)["counters"]["workload.cpu_ns"]["values"] == [4, 4]
     other = copy.deepcopy(new)
     other["kernel"]["release"] = "7.4.0"
