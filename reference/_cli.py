@@ -92,6 +92,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             trace = GuestTrace(events=tuple(args.trace), functions=tuple(args.ftrace))
         except ValueError as exc:
             raise ConfigError(str(exc), key="--ftrace") from None
+        try:
+            trace = GuestTrace(trace.events, trace.functions, buffer_kb=args.trace_buffer)
+        except ValueError as exc:
+            raise ConfigError(str(exc), key="--trace-buffer") from None
     try:
         doc = record(
             w,
@@ -258,6 +262,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
+    from .guest import GUEST_TRACE_BUFFER_KB
+
     parser = subparsers.add_parser(
         "reference",
         help="record the real kernel under QEMU and compare tiersim with it",
@@ -289,6 +295,14 @@ def register(subparsers: Any) -> None:
         action="append",
         default=[],
         help="trace calls of a kernel function (shrink_memcg) likewise",
+    )
+    run.add_argument(
+        "--trace-buffer",
+        metavar="KIB",
+        type=int,
+        default=GUEST_TRACE_BUFFER_KB,
+        help="the kernel's trace buffer, KiB (default %(default)s); it is the guest's memory, "
+        "so a big one changes what the workload meets",
     )
     run.add_argument(
         "--no-install", action="store_true", help="never apt-get install missing tools"

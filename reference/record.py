@@ -290,7 +290,9 @@ def record(
     """Boot the kernel `runs` times on workload `w` and return the data document.
 
     With `trace` (which needs `keep`), each boot's kernel trace is written to
-    ``trace-<run>.txt`` in the kept directory.
+    ``trace-<run>.txt`` in the kept directory, and the document says so
+    (``guest.trace``): the trace buffer is the guest's memory, so a traced
+    run is not one of the workload's ordinary runs.
     """
     if trace is not None and keep is None:
         raise HarnessError("tracing needs a directory to keep the traces in (keep)")
@@ -322,7 +324,14 @@ def record(
                 report = workdir / f"report-{i}.txt"
                 text = report.read_bytes().decode(errors="replace")
                 (workdir / f"trace-{i}.txt").write_text(trace_section(text) + "\n")
-        return aggregate(w, reports, prepared)
+        doc = aggregate(w, reports, prepared)
+        if trace is not None:
+            doc["guest"]["trace"] = {
+                "events": list(trace.events),
+                "functions": list(trace.functions),
+                "buffer_kb": trace.buffer_kb,
+            }
+        return doc
     finally:
         if keep is None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -344,6 +353,13 @@ def merge(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
             raise HarnessError(
                 f"cannot append: the recordings differ in {key} "
                 f"({old.get(key)!r} against {new.get(key)!r})"
+            )
+    for doc, which in ((old, "recording"), (new, "new runs")):
+        traced = doc.get("guest", {}).get("trace")
+        if traced:
+            raise HarnessError(
+                f"cannot append: the {which} were traced ({traced.get('buffer_kb')} KiB of "
+                "the guest's memory held the trace buffer), not ordinary runs of the workload"
             )
     for key in ("lru_gen", "tiers"):
         if key in old["guest"] and old["guest"][key] != new["guest"].get(key):

@@ -81,6 +81,10 @@ def test_compare_needs_a_recording(tmp_path: Path, capsys: pytest.CaptureFixture
             "[--ftrace]: not a kernel function name",
         ),
         (["--ftrace", "shrink_memcg"], "[--ftrace]: traces are written to the --keep"),
+        (
+            ["--keep", "DIR", "--trace", "vmscan:x", "--trace-buffer", "8"],
+            "[--trace-buffer]: trace buffer must be at least 64 KiB",
+        ),
     ],
 )
 def test_run_trace_options_are_checked_before_anything_boots(

@@ -161,3 +161,14 @@ def test_append_merges_runs_and_refuses_another_kernel() -> None:
     other["kernel"]["release"] = "7.4.0"
     with pytest.raises(HarnessError, match="kernel"):
         merge(old, other)
+    # A traced run held the trace buffer in the guest's memory: not one of
+    # the workload's ordinary runs, whichever side it is on.
+    traced = copy.deepcopy(new)
+    traced["guest"]["trace"] = {
+        "events": ["kmem:mm_page_alloc"],
+        "functions": [],
+        "buffer_kb": 32768,
+    }
+    for a, b in ((old, traced), (traced, new)):
+        with pytest.raises(HarnessError, match="traced"):
+            merge(a, b)
