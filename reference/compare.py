@@ -62,7 +62,7 @@ INFORMATIVE = (
     "memory.events.oom_kill",
     "cgroup.memory.zswap.current",
     "cgroup.memory.current",
-    # zswap entries and swap-cached pages hold swap slots in the kernel, not in tiersim.
+    # Slots of swapped-out pages: zswap entries and swap-cached pages hold one too.
     "cgroup.memory.swap.current",
     "vmstat.pgscan_kswapd",
     "vmstat.pgsteal_kswapd",

@@ -20,6 +20,7 @@ tiersim charges them, in the guest's nanoseconds, for the work its own
 kswapd does (CpuCosts.reclaim_scan_ns and reclaim_skip_ns, migrate_page_ns,
 lz4 per byte): what a page isolated and reclaimed costs beyond a page passed
 over is part of the demotion and swap-out costs.
+
 The workload itself is paced by its own CPU time (translate.py), so nothing
 of the guest's kernel threads is counted twice.
 """

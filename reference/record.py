@@ -354,8 +354,8 @@ def merge(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
                 f"cannot append: the recordings differ in {key} "
                 f"({old.get(key)!r} against {new.get(key)!r})"
             )
-    for doc, which in ((old, "recording"), (new, "new runs")):
-        traced = doc.get("guest", {}).get("trace")
+    for rec, which in ((old, "recording"), (new, "new runs")):
+        traced = rec.get("guest", {}).get("trace")
         if traced:
             raise HarnessError(
                 f"cannot append: the {which} were traced ({traced.get('buffer_kb')} KiB of "

@@ -263,8 +263,6 @@ def to_scenario(
 ) -> dict[str, Any]:
     """The tiersim scenario (as a dict in the scenario file format) for `w`;
     `kthread_costs` are the guest's (default: fitted over the library)."""
-    if kthread_costs is None:
-        kthread_costs = library_kthread_costs()
     caps = node_capacities(w, data)
     zones = node_zones(w, data)
     nodes: list[dict[str, Any]] = []
@@ -316,7 +314,10 @@ def to_scenario(
     if ram is not None:
         host["total_ram"] = _size(ram)
     if use_guest_time(w, guest_time) and w.tiered:
-        costs = kthread_costs if cpu_readings(data) is not None else None
+        costs = None
+        if cpu_readings(data) is not None:
+            # Read the library's recordings only for a workload that uses the fit.
+            costs = kthread_costs or library_kthread_costs()
         if costs is not None:
             host["kthread_costs"] = costs.scenario_costs()
         else:
