@@ -18,7 +18,7 @@ from tiersim.nodes._client import NodeClient
 from tiersim.nodes._types import NodeInfo, NodeKind, NodeState
 
 from ._pages import LruLists, PageTable
-from ._sched import Scheduler
+from ._sched import Scheduler, Thread
 from .config import CgroupConfig, RunConfig, Tunables, WorkloadConfig
 from .memory_tiers import TierMap
 from .mmzone import Watermarks, Zone
@@ -73,6 +73,9 @@ class Numa:
     pressure: int = 0
     lost: bool = False
     kswapd_running: bool = False
+    # kswapd while it runs: its work takes simulated time batch by batch
+    # (vmscan.kswapd_ran()).
+    kswapd_thread: Thread | None = None
     # Resident-access latency from the node's profile (one cacheline).
     read_ns: int = 0
     write_ns: int = 0

@@ -384,6 +384,8 @@ class Simulation:
             self.loop_wall_s = time.perf_counter() - loop_start
             doc = await self._results()
         finally:
+            # Kernel threads still asleep in their work end with the run.
+            self.sched.close()
             await self.mm.policy.close()
             for c in self._clients:
                 await c.close()

@@ -39,6 +39,7 @@ from tiersim.nodes._types import NodeKind
 
 from ._mm import PAGE_SIZE, SWAP_CLUSTER_MAX
 from ._pages import F_ACTIVE, F_REFERENCED, F_YOUNG, PS_CRAM_RO, PS_MAPPED
+from ._sched import Thread
 from .mmzone import PGSKIP
 
 if TYPE_CHECKING:
@@ -131,7 +132,10 @@ async def shrink_inactive_list(
     if got:
         # Reclaim made progress on the node: kswapd may try again (shrink_node()).
         mm.nodes[nid].kswapd_failures = 0
-    return len(batch), got, cost + c, nr_pageout
+    cost += c
+    if kswapd and await kswapd_ran(mm, nid, cost):
+        cost = 0
+    return len(batch), got, cost, nr_pageout
 
 
 async def shrink_folio_list(
@@ -452,8 +456,35 @@ def kernel_thread_ran(mm: Mm, hosts: list[int], cost: int, thread: str = "") -> 
         running = running_processes(mm, h)
         if running >= host.cpus:
             host.kernel_cpu_ns += cpu
-            wall = max(wall, cpu * (running + 1) // host.cpus)
+            # The host's other kswapd threads at work take their share too.
+            others = sum(
+                1 for n in host.nodes if mm.nodes[n].kswapd_running and f"kswapd{n}" != thread
+            )
+            wall = max(wall, cpu * (running + others + 1) // host.cpus)
     return wall
+
+
+async def kswapd_ran(mm: Mm, nid: int, cost: int) -> bool:
+    """kswapd of node `nid` did `cost` ns of work: let its time pass.
+
+    kswapd shares the host's CPU with the tasks and the other kernel threads
+    while it works, so a batch it reclaims takes simulated time, and what
+    runs meanwhile (the tasks' allocations, the other nodes' kswapd) sees
+    the node as the batch left it. False when kswapd is not running as a
+    thread (the caller charges the cost itself).
+    """
+    node = mm.nodes[nid]
+    thread = node.kswapd_thread
+    if thread is None:
+        return False
+    wall = kernel_thread_ran(mm, node.hosts, cost, thread.name)
+    # Others run while it sleeps: they pay their own costs.
+    kthread, mm.kthread = mm.kthread, None
+    try:
+        await thread.sleep(max(wall, 1))
+    finally:
+        mm.kthread = kthread
+    return True
 
 
 def _boosted(mm: Mm, nid: int, highest_zoneidx: int) -> int:
@@ -599,45 +630,51 @@ def balance_pgdat(mm: Mm, nid: int, highest_zoneidx: int) -> None:
         ):
             balance_pgdat(mm, nid, pending)
 
-    async def kswapd_step() -> None:
-        nonlocal nr_boost_reclaim, priority, run_reclaimed
-        if node.lost or mm.stopped:
-            finish(False)
-            return
-        balanced = pgdat_balanced(mm, nid, hz)
-        if not balanced and nr_boost_reclaim:
-            nr_boost_reclaim = 0
-        if balanced or nr_boost_reclaim:
-            # Balanced, or boost reclaim (file pages only: none here).
-            finish(True)
-            return
-        nr_to_reclaim = kswapd_target(mm, nid, reclaim_idx)
-        mm.kthread = node.hosts[0]  # its work pays the host's kernel-thread costs
-        try:
-            reclaimed, scanned, cost = await shrink_node(
-                mm, nid, priority, reclaim_idx, nr_to_reclaim, kswapd=True
-            )
-        finally:
-            mm.kthread = None
-        run_reclaimed += reclaimed
-        if scanned < nr_to_reclaim or not reclaimed:
-            priority -= 1
-        if priority < 1:
-            # The run is over without the node balanced (kswapd_try_to_sleep()
-            # finds it unbalanced and runs again at once).
-            node.kswapd_failures = 0 if run_reclaimed else node.kswapd_failures + 1
-            again = max(hz, node.kswapd_highest_zoneidx)
-            finish(False)
-            if node.kswapd_failures < KSWAPD_MAX_FAILURES and not pgdat_balanced(mm, nid, again):
-                for h in node.hosts:
-                    mm.hosts[h].vmstat.inc("kswapd_high_wmark_hit_quickly")
-                balance_pgdat(mm, nid, again)
-            return
-        # Its next pass follows this one's work, which is CPU time of the host.
-        mm.sched.after(
-            max(kernel_thread_ran(mm, node.hosts, cost, f"kswapd{nid}"), 1_000),
-            kswapd_step,
-            f"kswapd{nid}",
-        )
+    thread = Thread(mm.sched, f"kswapd{nid}")
 
-    mm.sched.after(0, kswapd_step, f"kswapd{nid}")
+    async def kswapd_run() -> None:
+        nonlocal nr_boost_reclaim, priority, run_reclaimed
+        while True:
+            if node.lost or mm.stopped:
+                finish(False)
+                return
+            balanced = pgdat_balanced(mm, nid, hz)
+            if not balanced and nr_boost_reclaim:
+                nr_boost_reclaim = 0
+            if balanced or nr_boost_reclaim:
+                # Balanced, or boost reclaim (file pages only: none here).
+                finish(True)
+                return
+            nr_to_reclaim = kswapd_target(mm, nid, reclaim_idx)
+            # Its work pays the host's kernel-thread costs, and its batches
+            # take their time as they go (kswapd_ran()).
+            mm.kthread = node.hosts[0]
+            node.kswapd_thread = thread
+            try:
+                reclaimed, scanned, cost = await shrink_node(
+                    mm, nid, priority, reclaim_idx, nr_to_reclaim, kswapd=True
+                )
+            finally:
+                mm.kthread = None
+                node.kswapd_thread = None
+            run_reclaimed += reclaimed
+            if scanned < nr_to_reclaim or not reclaimed:
+                priority -= 1
+            if priority < 1:
+                # The run is over without the node balanced (kswapd_try_to_sleep()
+                # finds it unbalanced and runs again at once).
+                node.kswapd_failures = 0 if run_reclaimed else node.kswapd_failures + 1
+                again = max(hz, node.kswapd_highest_zoneidx)
+                finish(False)
+                if node.kswapd_failures < KSWAPD_MAX_FAILURES and not pgdat_balanced(
+                    mm, nid, again
+                ):
+                    for h in node.hosts:
+                        mm.hosts[h].vmstat.inc("kswapd_high_wmark_hit_quickly")
+                    balance_pgdat(mm, nid, again)
+                return
+            # What the batches did not take already (the shrinkers' work) is
+            # CPU time of the host too, and the next pass follows it.
+            await thread.sleep(max(kernel_thread_ran(mm, node.hosts, cost, thread.name), 1_000))
+
+    thread.start(kswapd_run)

@@ -191,15 +191,22 @@ def test_a_process_pays_for_kernel_time_only_after_it_started() -> None:
 
 
 def test_a_kernel_thread_shares_a_busy_cpu_and_runs_at_the_hosts_speed() -> None:
-    host = SimpleNamespace(kernel_cpu_scale=10.0, cpus=1, kernel_cpu_ns=0, kthread_cpu_ns={})
+    host = SimpleNamespace(
+        kernel_cpu_scale=10.0, cpus=1, kernel_cpu_ns=0, kthread_cpu_ns={}, nodes=[0, 1]
+    )
     proc = SimpleNamespace(host=0, started=True, done=False)
-    mm = SimpleNamespace(hosts=[host], procs=[proc])
+    nodes = [SimpleNamespace(kswapd_running=True), SimpleNamespace(kswapd_running=False)]
+    mm = SimpleNamespace(hosts=[host], procs=[proc], nodes=nodes)
     # 1 us of CPU work (10 us on this slower host) shared with the busy CPU's process.
     assert kernel_thread_ran(mm, [0], 1_000, "kswapd0") == 10_000 * 2
     assert host.kernel_cpu_ns == 10_000 and host.kthread_cpu_ns == {"kswapd0": 10_000}
-    host.cpus = 2  # a CPU to spare: the thread runs there, the process loses nothing
+    # Node 1's kswapd at work too: three share the CPU.
+    nodes[1].kswapd_running = True
+    assert kernel_thread_ran(mm, [0], 1_000, "kswapd0") == 10_000 * 3
+    assert host.kernel_cpu_ns == 20_000
+    host.cpus = 3  # a CPU to spare: the thread runs there, the process loses nothing
     assert kernel_thread_ran(mm, [0], 1_000) == 10_000
-    assert host.kernel_cpu_ns == 10_000
+    assert host.kernel_cpu_ns == 20_000
 
 
 def test_reclaim_allocations_may_take_frames_below_the_min_watermark() -> None:

@@ -143,6 +143,9 @@ class Player:
         self.agent_seen: list[dict[str, Any]] = []
         self.request: dict[str, Any] | None = None
         self.policy: dict[str, Any] | None = None
+        # Decision requests that came on the stream, and replies sent to them.
+        self.requests_seen = 0
+        self.replies_sent = 0
 
     async def run(self, command: str, channel: grpc.aio.Channel, refl: Reflected) -> None:
         capture = None
@@ -158,6 +161,10 @@ class Player:
             return
         if argv[0] == "exec":
             if argv[1:] == ["3>&-"]:
+                # A reader leaves with the next request on the screen ("the third
+                # request was out when the stream closed"), not before it came.
+                while self.requests_seen <= self.replies_sent:
+                    await self.agent_expect("request")
                 await self.agent.done_writing()
             return
         if argv[0] == "echo":
@@ -254,6 +261,7 @@ class Player:
                     verdict["page"] = min(asked)
         await self.agent.write(json_format.ParseDict(message, self.agent_types[0]()))
         self.request = None
+        self.replies_sent += reply is not None
 
     async def agent_expect(self, body: str) -> dict[str, Any]:
         """The next message of the given kind on the Connect stream."""
@@ -265,6 +273,7 @@ class Player:
             msg = await asyncio.wait_for(self.agent.read(), 30)
             assert msg is not grpc.aio.EOF, f"stream ended waiting for {body}"
             seen = json.loads(json_format.MessageToJson(msg))
+            self.requests_seen += "request" in seen
             if "request" in seen and body != "request":
                 continue  # requests the walkthrough does not answer: left to the deadline
             self.agent_seen.append(seen)
