@@ -21,7 +21,7 @@ from ._pages import LruLists, PageTable
 from ._sched import Scheduler, Thread
 from .config import CgroupConfig, RunConfig, Tunables, WorkloadConfig
 from .memory_tiers import TierMap
-from .mmzone import Watermarks, Zone
+from .mmzone import PageBlock, Watermarks, Zone
 from .vmstat import VmStat
 
 if TYPE_CHECKING:
@@ -76,6 +76,10 @@ class Numa:
     # kswapd while it runs: its work takes simulated time batch by batch
     # (vmscan.kswapd_ran()).
     kswapd_thread: Thread | None = None
+    # The frames kswapd's batch frees, as (zone, foreign pageblock or None),
+    # held until the batch's time has passed: the kernel frees them as
+    # shrink_folio_list() ends (page_alloc.free_one()). None: freed at once.
+    reclaim_held: list[tuple[Zone, PageBlock | None]] | None = None
     # Resident-access latency from the node's profile (one cacheline).
     read_ns: int = 0
     write_ns: int = 0

@@ -229,8 +229,27 @@ def rmqueue(mm: Mm, node: Numa, zone: Zone, page: int) -> None:
 
 
 def free_one(node: Numa, zone: Zone, page: int) -> None:
-    """Give a frame back to its zone: to its foreign pageblock if it was stolen from one."""
+    """Give a frame back to its zone: to its foreign pageblock if it was stolen from one.
+
+    While kswapd reclaims a batch on the node, the frame is held until the
+    batch's time has passed (Numa.reclaim_held).
+    """
     block = zone.stolen.pop(page, None) if zone.stolen else None
+    if node.reclaim_held is not None:
+        node.reclaim_held.append((zone, block))
+        return
+    release_frame(node, zone, block)
+
+
+def release_frame(node: Numa, zone: Zone, block: PageBlock | None) -> None:
+    """The frame is free: on its zone's lists (or per-CPU list), or on its
+    foreign pageblock's if it had been stolen from one."""
+    if node.simple:
+        zone.free += 1
+        zone.free_movable += 1
+        node.free_pages += 1
+        node.nr_pages -= 1
+        return
     node.free_pages += 1
     node.nr_pages -= 1
     if block is not None and not block.claimed:
@@ -391,10 +410,10 @@ def free_frame(mm: Mm, nid: int, page: int, zone_idx: int = -1) -> None:
     node = mm.nodes[nid]
     if node.simple:
         zone = node.zones[0]
-        zone.free += 1
-        zone.free_movable += 1
-        node.free_pages += 1
-        node.nr_pages -= 1
+        if node.reclaim_held is not None:
+            node.reclaim_held.append((zone, None))
+            return
+        release_frame(node, zone, None)
         return
     idx = mm.pages.zone[page] if zone_idx < 0 else zone_idx
     free_one(node, node.zone_at(idx), page)

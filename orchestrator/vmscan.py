@@ -41,9 +41,11 @@ from ._mm import PAGE_SIZE, SWAP_CLUSTER_MAX
 from ._pages import F_ACTIVE, F_REFERENCED, F_YOUNG, PS_CRAM_RO, PS_MAPPED
 from ._sched import Thread
 from .mmzone import PGSKIP
+from .page_alloc import release_frame
 
 if TYPE_CHECKING:
     from ._mm import Host, Memcg, Mm
+    from .mmzone import PageBlock, Zone
 
 DEF_PRIORITY = 12  # reclaim starts scanning lru_size >> 12
 MAX_SWAPPINESS = 200
@@ -126,14 +128,21 @@ async def shrink_inactive_list(
     # The pages skipped for their zone cost a list move each.
     costs = mm.costs
     cost = len(batch) * costs.reclaim_scan_ns + (looked - len(batch)) * costs.reclaim_skip_ns
-    got, c, nr_pageout = await shrink_folio_list(
-        mm, batch, nid, host, inactive, active, kswapd=kswapd, memcg_reclaim=memcg_reclaim
-    )
+    node = mm.nodes[nid]
+    if kswapd and node.kswapd_thread is not None:
+        node.reclaim_held = []
+    try:
+        got, c, nr_pageout = await shrink_folio_list(
+            mm, batch, nid, host, inactive, active, kswapd=kswapd, memcg_reclaim=memcg_reclaim
+        )
+    finally:
+        held, node.reclaim_held = node.reclaim_held, None
     if got:
         # Reclaim made progress on the node: kswapd may try again (shrink_node()).
-        mm.nodes[nid].kswapd_failures = 0
+        node.kswapd_failures = 0
     cost += c
-    if kswapd and await kswapd_ran(mm, nid, cost):
+    if held is not None:
+        await kswapd_ran(mm, nid, cost, held)
         cost = 0
     return len(batch), got, cost, nr_pageout
 
@@ -464,19 +473,20 @@ def kernel_thread_ran(mm: Mm, hosts: list[int], cost: int, thread: str = "") -> 
     return wall
 
 
-async def kswapd_ran(mm: Mm, nid: int, cost: int) -> bool:
-    """kswapd of node `nid` did `cost` ns of work: let its time pass.
+async def kswapd_ran(
+    mm: Mm, nid: int, cost: int, held: list[tuple[Zone, PageBlock | None]]
+) -> None:
+    """kswapd of node `nid` did `cost` ns of work on a batch: let its time pass.
 
     kswapd shares the host's CPU with the tasks and the other kernel threads
     while it works, so a batch it reclaims takes simulated time, and what
-    runs meanwhile (the tasks' allocations, the other nodes' kswapd) sees
-    the node as the batch left it. False when kswapd is not running as a
-    thread (the caller charges the cost itself).
+    runs meanwhile (the tasks' allocations, direct reclaim, the other nodes'
+    kswapd) meets the batch in progress: the frames it frees (`held`) come
+    free as it ends, when shrink_folio_list() frees its folio list.
     """
     node = mm.nodes[nid]
     thread = node.kswapd_thread
-    if thread is None:
-        return False
+    assert thread is not None
     wall = kernel_thread_ran(mm, node.hosts, cost, thread.name)
     # Others run while it sleeps: they pay their own costs.
     kthread, mm.kthread = mm.kthread, None
@@ -484,7 +494,8 @@ async def kswapd_ran(mm: Mm, nid: int, cost: int) -> bool:
         await thread.sleep(max(wall, 1))
     finally:
         mm.kthread = kthread
-    return True
+        for zone, block in held:
+            release_frame(node, zone, block)
 
 
 def _boosted(mm: Mm, nid: int, highest_zoneidx: int) -> int:

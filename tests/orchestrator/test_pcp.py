@@ -14,7 +14,7 @@ from tiersim.orchestrator.mmzone import (
     new_zone,
     setup_zone_pageset,
 )
-from tiersim.orchestrator.page_alloc import drain_all_pages, free_one, rmqueue
+from tiersim.orchestrator.page_alloc import drain_all_pages, free_one, release_frame, rmqueue
 
 
 def _dma32(free: int, cpus: int = 1):  # type: ignore[no-untyped-def]
@@ -23,7 +23,15 @@ def _dma32(free: int, cpus: int = 1):  # type: ignore[no-untyped-def]
     zone.wmark = Watermarks(min=248, low=310, high=372, promo=434)
     zone.free = zone.free_movable = free
     setup_zone_pageset(zone, cpus)
-    node = SimpleNamespace(id=0, hosts=[0], zones=[zone], free_pages=free, nr_pages=24464 - free)
+    node = SimpleNamespace(
+        id=0,
+        hosts=[0],
+        zones=[zone],
+        free_pages=free,
+        nr_pages=24464 - free,
+        simple=False,
+        reclaim_held=None,
+    )
     mm = SimpleNamespace(hosts=[SimpleNamespace(vmstat={zone.pgalloc: 0})], nodes=[node])
     return zone, node, mm
 
@@ -91,3 +99,18 @@ def test_a_zoned_run_with_the_lists_keeps_its_frames() -> None:
     for doc in (off, on):
         for n in doc["nodes"].values():
             assert n["used_pages"] + n["free_pages"] == n["present_pages"]
+
+
+def test_frames_a_kswapd_batch_frees_come_free_when_the_batch_ends() -> None:
+    zone, node, _ = _dma32(1000)
+    zone.pcp = None
+    node.reclaim_held = []
+    for page in range(32):
+        free_one(node, zone, page)  # type: ignore[arg-type]
+    # Still the batch's: no watermark check sees them yet.
+    assert (zone.free, node.free_pages, node.nr_pages) == (1000, 1000, 24464 - 1000)
+    held, node.reclaim_held = node.reclaim_held, None
+    assert len(held) == 32
+    for z, block in held:
+        release_frame(node, z, block)  # type: ignore[arg-type]
+    assert (zone.free, node.free_pages, node.nr_pages) == (1032, 1032, 24464 - 1032)
