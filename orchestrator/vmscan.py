@@ -449,10 +449,12 @@ def kernel_thread_ran(mm: Mm, hosts: list[int], cost: int, thread: str = "") -> 
     the thread starts are not part of it (swap.swap_write()).
 
     Where the processes keep every CPU busy the thread shares a CPU with
-    them, as CFS shares it: its CPU work takes (processes + 1) / cpus times
-    as long, and the processes lose that CPU time (Host.kernel_cpu_ns,
-    charged to them in memory.run_step()). With a CPU to spare it runs there
-    at full speed. The CPU time is counted per thread (Host.kthread_cpu_ns).
+    them and with the host's other kernel threads at work (kswapd of its
+    other nodes, zswap's shrink worker), as CFS shares it: its CPU work
+    takes (processes + threads) / cpus times as long, and the processes
+    lose that CPU time (Host.kernel_cpu_ns, charged to them in
+    memory.run_step()). With a CPU to spare it runs there at full speed.
+    The CPU time is counted per thread (Host.kthread_cpu_ns).
     """
     cpu = int(cost * max(mm.hosts[h].kernel_cpu_scale for h in hosts))
     from .memory import running_processes
@@ -465,10 +467,12 @@ def kernel_thread_ran(mm: Mm, hosts: list[int], cost: int, thread: str = "") -> 
         running = running_processes(mm, h)
         if running >= host.cpus:
             host.kernel_cpu_ns += cpu
-            # The host's other kswapd threads at work take their share too.
+            # The host's other kernel threads at work take their share too.
             others = sum(
                 1 for n in host.nodes if mm.nodes[n].kswapd_running and f"kswapd{n}" != thread
             )
+            if host.zswap is not None and host.zswap.shrink_running and thread != "zswap_shrink":
+                others += 1
             wall = max(wall, cpu * (running + others + 1) // host.cpus)
     return wall
 
