@@ -42,11 +42,14 @@ class Scheduler:
     def after(self, delay_ns: int, handler: Handler, name: str = "") -> _Event:
         return self.at(self.now_ns + delay_ns, handler, name)
 
-    def close(self) -> None:
-        """The run is over: cancel the threads still asleep in their work."""
-        for task in self.threads:
-            task.cancel()
+    async def close(self) -> None:
+        """The run is over: cancel the threads still asleep in their work, and
+        let them unwind (a kswapd batch in progress gives back its frames)."""
+        tasks = list(self.threads)
         self.threads.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def __len__(self) -> int:
         return len(self._heap)

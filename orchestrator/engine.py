@@ -382,10 +382,11 @@ class Simulation:
             await self.sched.run_until(self.config.duration_ns, stop=self._finished)
             # Wall time of the event loop alone (benchmarks), set-up excluded.
             self.loop_wall_s = time.perf_counter() - loop_start
+            # Kernel threads still asleep in their work end with the run.
+            await self.sched.close()
             doc = await self._results()
         finally:
-            # Kernel threads still asleep in their work end with the run.
-            self.sched.close()
+            await self.sched.close()
             await self.mm.policy.close()
             for c in self._clients:
                 await c.close()

@@ -15,7 +15,7 @@ def _run(sched: Scheduler, end_ns: int = 10**9) -> None:
         try:
             await sched.run_until(end_ns)
         finally:
-            sched.close()
+            await sched.close()
 
     asyncio.run(main())
 
@@ -95,10 +95,23 @@ def test_a_thread_asleep_when_the_run_ends_is_cancelled() -> None:
     thread = Thread(sched, "long")
     reached: list[int] = []
 
+    unwound: list[bool] = []
+
     async def work() -> None:
-        await thread.sleep(1_000)
-        reached.append(sched.now_ns)
+        try:
+            await thread.sleep(1_000)
+            reached.append(sched.now_ns)
+        finally:
+            unwound.append(True)  # what it holds, it gives back
 
     thread.start(work)
-    _run(sched, end_ns=500)
-    assert reached == [] and not sched.threads
+
+    async def main() -> None:
+        await sched.run_until(500)
+        assert unwound == []
+        await sched.close()
+        # Unwound by close() itself, before the run's results are read.
+        assert unwound == [True] and not sched.threads
+
+    asyncio.run(main())
+    assert reached == []
