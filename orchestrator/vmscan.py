@@ -27,6 +27,11 @@ reached the target. Direct reclaim walks them the same way over every node
 of the zonelist (do_try_to_free_pages(), shrink_node()), and kswapd over
 its node (balance_pgdat()); both scan anon pages only, unscaled, as the
 kernel does when there are no file pages to balance against.
+
+kswapd is a thread of simulated time (_sched.Thread): each batch it
+reclaims takes its share of the host's CPU before the next begins, and the
+batch's frames come free as it ends, so allocations, direct reclaim and the
+other nodes' kswapd meet its passes in progress, as they do in the kernel.
 """
 
 from __future__ import annotations
