@@ -244,12 +244,6 @@ def free_one(node: Numa, zone: Zone, page: int) -> None:
 def release_frame(node: Numa, zone: Zone, block: PageBlock | None) -> None:
     """The frame is free: on its zone's lists (or per-CPU list), or on its
     foreign pageblock's if it had been stolen from one."""
-    if node.simple:
-        zone.free += 1
-        zone.free_movable += 1
-        node.free_pages += 1
-        node.nr_pages -= 1
-        return
     node.free_pages += 1
     node.nr_pages -= 1
     if block is not None and not block.claimed:
@@ -409,14 +403,11 @@ def free_frame(mm: Mm, nid: int, page: int, zone_idx: int = -1) -> None:
     the page's own)."""
     node = mm.nodes[nid]
     if node.simple:
+        # One zone, no foreign pageblocks, no per-CPU list: a plain count.
         zone = node.zones[0]
-        if node.reclaim_held is not None:
-            node.reclaim_held.append((zone, None))
-            return
-        release_frame(node, zone, None)
-        return
-    idx = mm.pages.zone[page] if zone_idx < 0 else zone_idx
-    free_one(node, node.zone_at(idx), page)
+    else:
+        zone = node.zone_at(mm.pages.zone[page] if zone_idx < 0 else zone_idx)
+    free_one(node, zone, page)
 
 
 # -- the allocator ------------------------------------------------------------

@@ -29,7 +29,6 @@ def _dma32(free: int, cpus: int = 1):  # type: ignore[no-untyped-def]
         zones=[zone],
         free_pages=free,
         nr_pages=24464 - free,
-        simple=False,
         reclaim_held=None,
     )
     mm = SimpleNamespace(hosts=[SimpleNamespace(vmstat={zone.pgalloc: 0})], nodes=[node])
